@@ -176,5 +176,3 @@ class JobTimeoutError(LipsyncError, TimeoutError):
         super().__init__(f"{what} not finished after {timeout} s (still tracked)")
         self.job_id = job_id
         self.timeout = timeout
-
-

@@ -1,0 +1,80 @@
+"""lipsync_async: an asyncio-native SDK for the lipsync.studio video API.
+
+Submit lipsync jobs and get awaitable :class:`Job` handles that resolve by polling (one
+scheduler for all jobs) or through an embedded :class:`WebhookReceiver`::
+
+    async with LipsyncClient() as client:
+        job = await client.lipsync_image(image=url, audio=url, resolution="720p")
+        state = await job
+        await client.download(state, "out.mp4")
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ._client import LipsyncClient
+from ._errors import (
+    APIConnectionError,
+    APIError,
+    APITimeoutError,
+    AuthenticationError,
+    BadRequestError,
+    InsufficientCreditsError,
+    JobFailed,
+    JobTimeoutError,
+    LipsyncError,
+    NotFoundError,
+    RateLimitError,
+    ServerError,
+    SubmissionUncertainError,
+    ValidationError,
+)
+from ._job import Job
+from ._models import (
+    JobState,
+    JobStatus,
+    LipsyncImageMultiRequest,
+    LipsyncImageRequest,
+    LipsyncVideoRequest,
+)
+from ._webhook import WebhookReceiver
+
+__all__ = [
+    "APIConnectionError",
+    "APIError",
+    "APITimeoutError",
+    "AuthenticationError",
+    "BadRequestError",
+    "InsufficientCreditsError",
+    "Job",
+    "JobFailed",
+    "JobState",
+    "JobStatus",
+    "JobTimeoutError",
+    "LipsyncClient",
+    "LipsyncError",
+    "LipsyncImageMultiRequest",
+    "LipsyncImageRequest",
+    "LipsyncVideoRequest",
+    "NotFoundError",
+    "RateLimitError",
+    "ServerError",
+    "SubmissionUncertainError",
+    "ValidationError",
+    "WebhookReceiver",
+]
+
+
+def __getattr__(name: str) -> Any:
+    # Lazy, like stamina: the version comes from the installed metadata when there is one.
+    if name == "__version__":
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            return version("lipsync-async")
+        except PackageNotFoundError:  # pragma: no cover - running from a bare checkout
+            from ._version import __version__
+
+            return __version__
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

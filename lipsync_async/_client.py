@@ -1,0 +1,430 @@
+"""``LipsyncClient``: composes the transport, the tracker and the optional webhook receiver.
+
+Data flows one way: a submit goes ``_models`` (validation) -> ``_wire`` (body) -> ``_http``
+(send) and comes back as a ``Job`` that ``_tracker`` resolves, from status reads or from the
+receiver's deliveries. Nothing below this module imports it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from pathlib import Path
+from typing import Any, Final, Self
+
+import aiohttp
+from yarl import URL
+
+from ._download import download_to
+from ._errors import JobTimeoutError, ValidationError
+from ._http import RetryPolicy, Transport
+from ._job import Job
+from ._models import (
+    JobState,
+    JobStatus,
+    LipsyncImageMultiRequest,
+    LipsyncImageRequest,
+    LipsyncVideoRequest,
+    Order,
+    Request,
+    Resolution,
+    check_url,
+)
+from ._tracker import Tracker
+from ._webhook import WebhookReceiver
+from ._wire import dump_request, parse_submit_answer
+
+__all__ = ["DEFAULT_BASE_URL", "LipsyncClient"]
+
+DEFAULT_BASE_URL: Final = "https://lipsync.studio/api/v1"
+
+
+def _positive(name: str, value: float, *, allow_zero: bool = False) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or value != value:
+        raise ValidationError(name, f"must be a number, got {value!r}")
+    if value < 0 or (value == 0 and not allow_zero):
+        raise ValidationError(name, f"must be {'>= 0' if allow_zero else '> 0'}, got {value!r}")
+    return float(value)
+
+
+class LipsyncClient:
+    """An async client for lipsync.studio; use it as ``async with LipsyncClient() as client:``.
+
+    Submits return awaitable :class:`Job` handles at once; one scheduler polls every pending job
+    at the service's cadence (``poll_interval``, default 5 s, jittered), or, with a
+    :class:`WebhookReceiver`, jobs resolve from deliveries and are polled only if their delivery
+    has not come ``webhook_grace`` seconds after the submit.
+
+    Args:
+        api_key: the ``sk_...`` key; defaults to ``LIPSYNC_API_KEY``. Never shown in a repr,
+            a log line or an error.
+        base_url: defaults to ``LIPSYNC_BASE_URL``, then ``https://lipsync.studio/api/v1``.
+        session: an ``aiohttp.ClientSession`` to borrow; the client never closes it.
+        webhook: a :class:`WebhookReceiver`; the client starts it on enter (unless it is already
+            running or mounted with ``attach``), stops it on exit, and sends its URL with every
+            submit that names no ``webhook`` of its own.
+        poll_interval: seconds between two status reads of one job (the service asks 5-10 s).
+        webhook_grace: seconds a job with a receiver waits for its delivery before polling takes
+            over. The default, 600 s, covers most jobs (the service needs 10-30 s of work per
+            second of output, so a 20 s clip takes up to 10 minutes) with zero status reads,
+            and bounds what a lost delivery costs to ten minutes of delay, never the job.
+        max_retries: retries of one request on transient errors (reads only, and submits the
+            service surely did not take).
+        max_in_flight: bound on concurrent HTTP requests; more wait their turn.
+        rate_limit: optional cap on requests per second, for all requests of this client.
+        timeout: seconds to wait for an answer (socket read) before giving up on an attempt.
+        connect_timeout: seconds to establish a connection.
+    """
+
+    def __init__(
+        self,
+        api_key: str | None = None,
+        *,
+        base_url: str | None = None,
+        session: aiohttp.ClientSession | None = None,
+        webhook: WebhookReceiver | None = None,
+        poll_interval: float = 5.0,
+        webhook_grace: float = 600.0,
+        max_retries: int = 5,
+        max_in_flight: int = 64,
+        rate_limit: float | None = None,
+        timeout: float = 30.0,
+        connect_timeout: float = 10.0,
+        backoff_base: float = 0.5,
+        backoff_max: float = 30.0,
+    ) -> None:
+        key = api_key if api_key is not None else os.environ.get("LIPSYNC_API_KEY")
+        if not key or not isinstance(key, str):
+            raise ValidationError("api_key", "missing: pass api_key= or set LIPSYNC_API_KEY")
+        if any(c.isspace() for c in key):
+            raise ValidationError("api_key", "must not contain whitespace")
+        base = base_url or os.environ.get("LIPSYNC_BASE_URL") or DEFAULT_BASE_URL
+        check_url("base_url", base)
+        if isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0:
+            raise ValidationError("max_retries", f"must be an integer >= 0, got {max_retries!r}")
+        if (
+            isinstance(max_in_flight, bool)
+            or not isinstance(max_in_flight, int)
+            or max_in_flight < 1
+        ):
+            raise ValidationError(
+                "max_in_flight", f"must be an integer >= 1, got {max_in_flight!r}"
+            )
+        if rate_limit is not None:
+            _positive("rate_limit", rate_limit)
+        if webhook is not None and not isinstance(webhook, WebhookReceiver):
+            raise ValidationError(
+                "webhook", "must be a WebhookReceiver (per-submit URLs go to submit calls)"
+            )
+        if session is not None and not isinstance(session, aiohttp.ClientSession):
+            raise ValidationError("session", "must be an aiohttp.ClientSession")
+        self._base_url = URL(base.rstrip("/"))
+        self._transport = Transport(
+            api_key=key,
+            base_url=self._base_url,
+            session=session,
+            timeout=_positive("timeout", timeout),
+            connect_timeout=_positive("connect_timeout", connect_timeout),
+            retry=RetryPolicy(
+                max_retries,
+                _positive("backoff_base", backoff_base, allow_zero=True),
+                _positive("backoff_max", backoff_max, allow_zero=True),
+            ),
+            max_in_flight=max_in_flight,
+            rate_limit=rate_limit,
+        )
+        self._tracker = Tracker(
+            self._transport,
+            poll_interval=_positive("poll_interval", poll_interval),
+            webhook_grace=_positive("webhook_grace", webhook_grace, allow_zero=True),
+        )
+        self._receiver = webhook
+        self._started_receiver = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._closing = False
+
+    def __repr__(self) -> str:
+        state = "open" if self._loop is not None and not self._closing else "closed"
+        return f"<LipsyncClient {str(self._base_url)!r} {state} pending={self._tracker.pending}>"
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def __aenter__(self) -> Self:
+        if self._loop is not None:
+            raise RuntimeError("this LipsyncClient is already open")
+        self._loop = asyncio.get_running_loop()
+        self._closing = False
+        await self._transport.open()
+        self._tracker.start()
+        if self._receiver is not None:
+            try:
+                self._receiver._bind(self._tracker)
+                if not self._receiver.running:
+                    await self._receiver.start()
+                    self._started_receiver = True
+            except BaseException:
+                await self.close()
+                raise
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """End polling and reads, stop the receiver we started, close the session we own.
+
+        Jobs still pending end with a ``LipsyncError`` for whoever awaits them; they keep
+        running at the service and can be attached again with :meth:`job`.
+        """
+        if self._loop is None or self._closing:
+            return
+        self._closing = True
+        try:
+            if self._receiver is not None:
+                self._receiver._unbind(self._tracker)  # deliveries now get 503: retried later
+                if self._started_receiver:
+                    self._started_receiver = False
+                    await self._receiver.close()
+            await self._tracker.close()
+        finally:
+            await self._transport.close()
+            self._loop = None
+
+    def _check_open(self) -> None:
+        if self._loop is None or self._closing:
+            raise RuntimeError("the client is not open: use `async with LipsyncClient(...)`")
+        if asyncio.get_running_loop() is not self._loop:
+            raise RuntimeError(
+                "this LipsyncClient belongs to another event loop; create one per loop"
+            )
+
+    # -- properties --------------------------------------------------------------------------
+
+    @property
+    def base_url(self) -> URL:
+        """The API root, e.g. ``https://lipsync.studio/api/v1``."""
+        return self._base_url
+
+    @property
+    def webhook(self) -> WebhookReceiver | None:
+        """The receiver this client sends with its submits, if any."""
+        return self._receiver
+
+    @property
+    def stats(self) -> Mapping[str, int]:
+        """Counters: requests sent, retries, 429s seen, status reads, jobs pending."""
+        t = self._transport
+        return {
+            "requests": t.requests_sent,
+            "retries": t.retries,
+            "rate_limited": t.rate_limited,
+            "status_reads": self._tracker.reads,
+            "pending": self._tracker.pending,
+        }
+
+    # -- submits -----------------------------------------------------------------------------
+
+    async def submit(self, request: Request) -> Job:
+        """Submit a request model (``LipsyncImageRequest`` ...) and return its ``Job``.
+
+        Raises ``SubmissionUncertainError`` when the request may have reached the service but
+        its answer was lost: it is never sent twice.
+        """
+        self._check_open()
+        receiver_url = self._receiver.url if self._receiver is not None else None
+        body = dump_request(request, receiver_url)
+        status, raw = await self._transport.submit(request.endpoint, body, request)
+        job_id = parse_submit_answer(raw, status)
+        tracker = self._tracker
+        job = tracker.get(job_id)
+        if job is None:
+            job = Job(
+                job_id,
+                tracker,
+                request=request,
+                state=JobState(id=job_id, status=JobStatus.PROCESSING),
+            )
+            by_webhook = request.webhook is None and receiver_url is not None
+            tracker.track(job, webhook=by_webhook)
+        return job
+
+    async def lipsync_video(
+        self,
+        *,
+        video: str,
+        audio: str,
+        resolution: Resolution | None = None,
+        mask_image: str | None = None,
+        prompt: str | None = None,
+        seed: int | None = None,
+        webhook: str | None = None,
+        extra: Mapping[str, Any] | None = None,
+    ) -> Job:
+        """Replace a video's audio, keeping the lips in sync (``POST /lipsync-video``)."""
+        return await self.submit(
+            LipsyncVideoRequest(
+                video=video,
+                audio=audio,
+                resolution=resolution,
+                mask_image=mask_image,
+                prompt=prompt,
+                seed=seed,
+                webhook=webhook,
+                extra=extra,
+            )
+        )
+
+    async def lipsync_image(
+        self,
+        *,
+        image: str,
+        audio: str,
+        resolution: Resolution | None = None,
+        mask_image: str | None = None,
+        prompt: str | None = None,
+        seed: int | None = None,
+        webhook: str | None = None,
+        extra: Mapping[str, Any] | None = None,
+    ) -> Job:
+        """Animate one face from an image and an audio (``POST /lipsync-image``)."""
+        return await self.submit(
+            LipsyncImageRequest(
+                image=image,
+                audio=audio,
+                resolution=resolution,
+                mask_image=mask_image,
+                prompt=prompt,
+                seed=seed,
+                webhook=webhook,
+                extra=extra,
+            )
+        )
+
+    async def lipsync_image_multi(
+        self,
+        *,
+        image: str,
+        left_audio: str,
+        right_audio: str,
+        order: Order | None = None,
+        resolution: Resolution | None = None,
+        prompt: str | None = None,
+        seed: int | None = None,
+        webhook: str | None = None,
+        extra: Mapping[str, Any] | None = None,
+    ) -> Job:
+        """Two speakers from one image and two audios (``POST /lipsync-image-multi``)."""
+        return await self.submit(
+            LipsyncImageMultiRequest(
+                image=image,
+                left_audio=left_audio,
+                right_audio=right_audio,
+                order=order,
+                resolution=resolution,
+                prompt=prompt,
+                seed=seed,
+                webhook=webhook,
+                extra=extra,
+            )
+        )
+
+    # -- jobs --------------------------------------------------------------------------------
+
+    def job(self, job_id: str) -> Job:
+        """Attach to a job submitted earlier (another process, before a restart).
+
+        No request is made until the job is awaited; a delivery to this client's receiver
+        resolves it meanwhile.
+        """
+        if not isinstance(job_id, str) or not job_id.strip():
+            raise ValidationError("job_id", f"must be a non-empty string, got {job_id!r}")
+        self._check_open()
+        job = self._tracker.get(job_id)
+        if job is None:
+            job = Job(job_id, self._tracker)
+            self._tracker.attach(job)
+        return job
+
+    async def get_job(self, job_id: str) -> JobState:
+        """One status read. A tracked job with that id takes the state too."""
+        if not isinstance(job_id, str) or not job_id.strip():
+            raise ValidationError("job_id", f"must be a non-empty string, got {job_id!r}")
+        self._check_open()
+        state = await self._tracker.fetch(job_id)
+        self._tracker.deliver(state)
+        return state
+
+    async def as_completed(
+        self, jobs: Iterable[Job], *, timeout: float | None = None
+    ) -> AsyncIterator[Job]:
+        """Yield each job as it finishes (completed, failed, or ended), first done first.
+
+        With ``timeout``, raises :class:`JobTimeoutError` once that many seconds have passed
+        and jobs remain; those jobs stay tracked.
+        """
+        self._check_open()
+        unique = list(dict.fromkeys(jobs))
+        loop = asyncio.get_running_loop()
+        deadline = (
+            None
+            if timeout is None
+            else loop.time() + _positive("timeout", timeout, allow_zero=True)
+        )
+        ready: asyncio.Queue[Job] = asyncio.Queue()
+        put = ready.put_nowait
+        for job in unique:
+            job._add_waiter(put)
+            if not job.done():
+                job._owner._job_awaited(job)
+        try:
+            for _ in range(len(unique)):
+                if deadline is None:
+                    job = await ready.get()
+                else:
+                    try:
+                        async with asyncio.timeout_at(deadline):
+                            job = await ready.get()
+                    except TimeoutError:
+                        raise JobTimeoutError(None, timeout) from None
+                yield job
+        finally:
+            for job in unique:
+                if not job.done():
+                    job._remove_waiter(put)
+
+    async def download(
+        self,
+        target: Job | JobState | str,
+        path: str | os.PathLike[str],
+        *,
+        progress: Callable[[int, int | None], object] | None = None,
+        max_bytes: int | None = None,
+    ) -> Path:
+        """Stream a job's output (or any http(s) URL) to ``path``, atomically.
+
+        A ``Job`` is awaited first. The bytes go to a temporary file beside ``path`` and are
+        renamed into place only when complete; a failed download leaves nothing behind. Disk
+        writes run in a thread, never on the event loop. ``progress(done, total_or_None)`` is
+        called as bytes arrive. If ``path`` is a directory, the file is named after the job.
+        The API key is sent only to the API's own origin, never to a CDN.
+        """
+        self._check_open()
+        name = None
+        if isinstance(target, Job):
+            target = await target
+        if isinstance(target, JobState):
+            if target.status is not JobStatus.COMPLETED or not target.output:
+                raise ValidationError(
+                    "target", f"job {target.id} has no output (status {target.status})"
+                )
+            name = f"{target.id}.mp4"
+            url = target.output
+        else:
+            url = target
+        check_url("target", url)
+        if max_bytes is not None:
+            _positive("max_bytes", max_bytes)
+        return await download_to(
+            self._transport, url, Path(path), name=name, progress=progress, max_bytes=max_bytes
+        )

@@ -1,0 +1,232 @@
+"""Frozen models: the three submit requests, ``JobState`` and ``JobStatus``.
+
+Pure data and validation, no I/O: a bad request fails here, at construction, before any socket
+opens. The wire rules (formState layout, camelCase) live in ``_wire``.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from collections.abc import Mapping
+from types import MappingProxyType
+from typing import Any, ClassVar, Final, Literal
+
+import attrs
+from yarl import URL
+
+from ._errors import ValidationError
+
+__all__ = [
+    "ENDPOINTS",
+    "JobState",
+    "JobStatus",
+    "LipsyncImageMultiRequest",
+    "LipsyncImageRequest",
+    "LipsyncVideoRequest",
+    "Request",
+    "check_url",
+]
+
+Resolution = Literal["480p", "720p"]
+Order = Literal["meanwhile", "left_right", "right_left"]
+RESOLUTIONS: Final = ("480p", "720p")
+ORDERS: Final = ("meanwhile", "left_right", "right_left")
+
+
+class JobStatus(enum.StrEnum):
+    """A job's status. Unknown wire values still parse (as pseudo-members) and count as pending."""
+
+    PROCESSING = "processing"
+    COMPLETED = "completed"
+    FAILED = "failed"
+
+    @classmethod
+    def _missing_(cls, value: object) -> JobStatus | None:
+        # The service may grow statuses ("queued", "cancelled"...): keep the value, don't crash.
+        # Pseudo-members are not cached, so a hostile stream of values cannot grow the enum.
+        if not isinstance(value, str):
+            return None
+        member = str.__new__(cls, value)
+        member._name_ = value.upper()
+        member._value_ = value
+        return member
+
+    @property
+    def is_final(self) -> bool:
+        """True for ``COMPLETED`` and ``FAILED``; anything else is still pending."""
+        return self is JobStatus.COMPLETED or self is JobStatus.FAILED
+
+
+@attrs.define(frozen=True, kw_only=True, slots=True)
+class JobState:
+    """A job's state as the service reports it (``GET /jobs/{id}`` or a webhook body)."""
+
+    id: str
+    status: JobStatus
+    model: str | None = None
+    output: str | None = None
+    error: str = ""
+    execution_time_ms: int | None = None
+    timings: Any = None
+
+    @property
+    def is_final(self) -> bool:
+        """True once the job completed or failed."""
+        return self.status.is_final
+
+
+def check_url(field: str, value: object) -> str:
+    """Return ``value`` if it is an http(s) URL with a host; else raise ``ValidationError``."""
+    if value is None or value == "":
+        raise ValidationError(field, "is required")
+    if not isinstance(value, str):
+        raise ValidationError(field, f"must be an http(s) URL string, got {type(value).__name__}")
+    try:
+        url = URL(value)
+    except (ValueError, TypeError) as exc:
+        raise ValidationError(field, f"is not a valid URL: {value!r:.80}") from exc
+    if url.scheme not in ("http", "https") or not url.host:
+        raise ValidationError(field, f"must be an http(s) URL with a host, got {value!r:.80}")
+    return value
+
+
+def _url(inst: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    check_url(attribute.name, value)
+
+
+def _optional_url(inst: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if value is not None:
+        check_url(attribute.name, value)
+
+
+def _one_of(choices: tuple[str, ...]) -> Any:
+    def check(inst: object, attribute: attrs.Attribute[Any], value: object) -> None:
+        if value is not None and value not in choices:
+            raise ValidationError(
+                attribute.name, f"must be one of {', '.join(choices)}, got {value!r:.40}"
+            )
+
+    return check
+
+
+def _seed(inst: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    # bool is an int subclass; a seed of True is a bug, not a seed.
+    if value is not None and (type(value) is not int):
+        raise ValidationError("seed", f"must be an integer, got {type(value).__name__}")
+
+
+def _prompt(inst: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if value is not None and not isinstance(value, str):
+        raise ValidationError("prompt", f"must be a string, got {type(value).__name__}")
+
+
+_EMPTY: Mapping[str, Any] = MappingProxyType({})
+
+
+def _freeze_extra(value: Mapping[str, Any] | None) -> Mapping[str, Any]:
+    if value is None:
+        return _EMPTY
+    if not isinstance(value, Mapping):
+        raise ValidationError("extra", f"must be a mapping, got {type(value).__name__}")
+    for key in value:
+        if not isinstance(key, str):
+            raise ValidationError("extra", f"keys must be strings, got {key!r:.40}")
+    return MappingProxyType(dict(value))
+
+
+def _finite_json(field: str, value: object, depth: int = 0) -> None:
+    """Reject what JSON cannot carry (NaN, objects), so the request never fails mid-send."""
+    if depth > 32:
+        raise ValidationError(field, "is nested too deeply")
+    if value is None or isinstance(value, str | bool | int):
+        return
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise ValidationError(field, f"must be finite, got {value!r}")
+        return
+    if isinstance(value, Mapping):
+        for k, v in value.items():
+            if not isinstance(k, str):
+                raise ValidationError(field, f"keys must be strings, got {k!r:.40}")
+            _finite_json(f"{field}.{k}", v, depth + 1)
+        return
+    if isinstance(value, list | tuple):
+        for i, v in enumerate(value):
+            _finite_json(f"{field}[{i}]", v, depth + 1)
+        return
+    raise ValidationError(field, f"is not JSON-serialisable ({type(value).__name__})")
+
+
+@attrs.define(frozen=True, kw_only=True, slots=True)
+class _RequestBase:
+    """Fields every endpoint shares; subclasses add their media and name their endpoint."""
+
+    endpoint: ClassVar[str]
+    media_fields: ClassVar[tuple[str, ...]]
+
+    resolution: Resolution | None = attrs.field(default=None, validator=_one_of(RESOLUTIONS))
+    prompt: str | None = attrs.field(default=None, validator=_prompt)
+    seed: int | None = attrs.field(default=None, validator=_seed)
+    webhook: str | None = attrs.field(default=None, validator=_optional_url)
+    extra: Mapping[str, Any] = attrs.field(
+        default=None, converter=_freeze_extra, repr=lambda m: repr(dict(m))
+    )
+
+    def __attrs_post_init__(self) -> None:
+        if self.extra:
+            named = {a.name for a in attrs.fields(type(self))} - {"extra", "webhook"}
+            clash = sorted(named & self.extra.keys())
+            if clash:
+                raise ValidationError(
+                    "extra",
+                    f"may not overwrite named fields ({', '.join(clash)}); pass them by name",
+                )
+            _finite_json("extra", dict(self.extra))
+
+
+@attrs.define(frozen=True, kw_only=True, slots=True)
+class LipsyncVideoRequest(_RequestBase):
+    """``POST /lipsync-video``: replace a video's audio, keeping the lips in sync."""
+
+    endpoint: ClassVar[str] = "lipsync-video"
+    media_fields: ClassVar[tuple[str, ...]] = ("video", "audio", "mask_image")
+
+    video: str = attrs.field(validator=_url)
+    audio: str = attrs.field(validator=_url)
+    mask_image: str | None = attrs.field(default=None, validator=_optional_url)
+
+
+@attrs.define(frozen=True, kw_only=True, slots=True)
+class LipsyncImageRequest(_RequestBase):
+    """``POST /lipsync-image``: one face from an image, speaking an audio."""
+
+    endpoint: ClassVar[str] = "lipsync-image"
+    media_fields: ClassVar[tuple[str, ...]] = ("image", "audio", "mask_image")
+
+    image: str = attrs.field(validator=_url)
+    audio: str = attrs.field(validator=_url)
+    mask_image: str | None = attrs.field(default=None, validator=_optional_url)
+
+
+@attrs.define(frozen=True, kw_only=True, slots=True)
+class LipsyncImageMultiRequest(_RequestBase):
+    """``POST /lipsync-image-multi``: a two-speaker conversation from one image, two audios."""
+
+    endpoint: ClassVar[str] = "lipsync-image-multi"
+    media_fields: ClassVar[tuple[str, ...]] = ("image", "left_audio", "right_audio")
+
+    image: str = attrs.field(validator=_url)
+    left_audio: str = attrs.field(validator=_url)
+    right_audio: str = attrs.field(validator=_url)
+    order: Order | None = attrs.field(default=None, validator=_one_of(ORDERS))
+
+
+Request = LipsyncVideoRequest | LipsyncImageRequest | LipsyncImageMultiRequest
+
+ENDPOINTS: Final[Mapping[str, type[Request]]] = MappingProxyType(
+    {
+        cls.endpoint: cls
+        for cls in (LipsyncVideoRequest, LipsyncImageRequest, LipsyncImageMultiRequest)
+    }
+)

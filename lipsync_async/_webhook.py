@@ -1,0 +1,310 @@
+"""``WebhookReceiver``: the embedded aiohttp server that turns deliveries into resolved jobs.
+
+The service signs nothing, so the receiver is a door into the user's process and is built like
+one: only POSTs to a path carrying the receiver's random secret (compared in constant time) get
+in, bodies are capped, anything malformed gets a 4xx, and nothing a sender does can raise out of
+the handler as a 500. Each accepted delivery is handed to a sink: the client's tracker (which
+resolves the job, or holds an early delivery until its submit returns), or, for a process that
+only listens, a callback or ``async for``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import inspect
+import ipaddress
+import json
+import logging
+import re
+import secrets
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Final, Protocol, Self
+
+from aiohttp import web
+from yarl import URL
+
+from ._errors import APIError, LipsyncError, NotFoundError, ValidationError
+from ._models import JobState, check_url
+from ._wire import parse_job_state
+
+__all__ = ["DeliverySink", "WebhookReceiver"]
+
+log = logging.getLogger("lipsync_async.webhook")
+
+_SECRET_RE: Final = re.compile(r"^[A-Za-z0-9_-]{16,128}$")
+_OK: Final = b'{"received":true}'
+
+
+class DeliverySink(Protocol):
+    """Where accepted deliveries go when a client is bound (its tracker)."""
+
+    def deliver(self, state: JobState) -> bool: ...
+
+    async def fetch(self, job_id: str) -> JobState: ...
+
+
+def _is_loopback(host: str | None) -> bool:
+    if not host:
+        return False
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def _reply(status: int, text: str) -> web.Response:
+    body = _OK if status < 300 else json.dumps({"error": text}).encode()
+    return web.Response(status=status, body=body, content_type="application/json")
+
+
+class WebhookReceiver:
+    """An embedded webhook server that resolves jobs from the service's deliveries.
+
+    Args:
+        public_url: the address the service can reach, e.g. your tunnel or load balancer
+            (``https://hooks.example.com``); a path prefix is kept. ``None`` means this
+            machine's own bound address, for local use with the emulator.
+        host, port: where to listen (port 0 picks a free port, known after start).
+        path: the route; the receiver's URL is ``{public_url}{path}/{secret}``.
+        secret: the unguessable part of the URL. Random per receiver by default; set the same
+            value on every worker behind one public URL. 16-128 URL-safe characters.
+        verify: re-read each delivered job from the API before resolving, trusting no delivery
+            (one status read per job; the API's answer wins).
+        max_body: bodies over this many bytes get 413.
+        allow_insecure: accept an ``http://`` public URL that is not a loopback host (the
+            service requires HTTPS; this is for development tunnels only).
+        on_delivery: for a process that only listens: called with each accepted ``JobState``
+            (may be async). Without it and without a client, use ``async for state in receiver``.
+    """
+
+    def __init__(
+        self,
+        public_url: str | None = None,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        path: str = "/webhooks/lipsync",
+        secret: str | None = None,
+        verify: bool = False,
+        max_body: int = 64 * 1024,
+        allow_insecure: bool = False,
+        on_delivery: Callable[[JobState], Awaitable[object] | object] | None = None,
+        queue_size: int = 10_000,
+    ) -> None:
+        if public_url is not None:
+            check_url("public_url", public_url)
+            pub = URL(public_url)
+            if pub.scheme != "https" and not allow_insecure and not _is_loopback(pub.host):
+                raise ValidationError(
+                    "public_url",
+                    "must be https (the service requires HTTPS webhooks) unless it is a "
+                    "loopback address; pass allow_insecure=True for a development tunnel",
+                )
+            if pub.query_string or pub.fragment:
+                raise ValidationError("public_url", "must not carry a query or fragment")
+        if not isinstance(path, str) or not path.startswith("/") or "{" in path or "//" in path:
+            raise ValidationError("path", f"must be an absolute route like /webhooks, got {path!r}")
+        if secret is None:
+            secret = secrets.token_urlsafe(24)
+        elif not isinstance(secret, str) or not _SECRET_RE.match(secret):
+            raise ValidationError("secret", "must be 16-128 characters of A-Z a-z 0-9 _ -")
+        if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
+            raise ValidationError("port", f"must be 0-65535, got {port!r}")
+        if isinstance(max_body, bool) or not isinstance(max_body, int) or max_body < 256:
+            raise ValidationError("max_body", f"must be an integer >= 256, got {max_body!r}")
+        self._public_url = public_url.rstrip("/") if public_url else None
+        self.host = host
+        self._port = port
+        self.path = path.rstrip("/")
+        self._secret = secret.encode()
+        self._secret_str = secret
+        self.verify = verify
+        self.max_body = max_body
+        self._on_delivery = on_delivery
+        self._queue: asyncio.Queue[JobState] = asyncio.Queue(maxsize=queue_size)
+        self._iterating = 0
+        self._sink: DeliverySink | None = None
+        self._runner: web.AppRunner | None = None
+        self._bound_port: int | None = None
+        self._attached = False
+        self.received = 0  # deliveries accepted (a benchmark figure)
+        self.matched = 0
+
+    def __repr__(self) -> str:  # never the secret
+        where = self._public_url or f"http://{self.host}:{self._bound_port or self._port}"
+        return f"<WebhookReceiver {where}{self.path}/*** {'running' if self.running else 'idle'}>"
+
+    # -- addresses ---------------------------------------------------------------------------
+
+    @property
+    def port(self) -> int | None:
+        """The bound port once started (useful with ``port=0``), else the configured one."""
+        return self._bound_port if self._bound_port is not None else (self._port or None)
+
+    @property
+    def url(self) -> str:
+        """The full webhook URL sent to the service, secret included: treat it as a credential."""
+        if self._public_url is not None:
+            base = self._public_url
+        else:
+            if self._bound_port is None and not self._port:
+                raise RuntimeError("the receiver's port is not known until it is started")
+            host = self.host if ":" not in self.host else f"[{self.host}]"
+            if host in ("0.0.0.0", "[::]"):  # noqa: S104 - a listen address is not a URL host
+                host = "127.0.0.1"
+            base = f"http://{host}:{self.port}"
+        return f"{base}{self.path}/{self._secret_str}"
+
+    @property
+    def running(self) -> bool:
+        """True while serving, on its own server or mounted on an application."""
+        return self._runner is not None or self._attached
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def attach(self, app: web.Application) -> None:
+        """Mount the handler on your own ``aiohttp.web.Application`` instead of a server."""
+        app.router.add_route("*", self.path + "/{secret}", self._handle)
+        self._attached = True
+
+    async def start(self) -> None:
+        """Listen on ``host:port`` (no access log: the path carries the secret)."""
+        if self._runner is not None:
+            return
+        app = web.Application(client_max_size=self.max_body)
+        self.attach(app)
+        self._attached = False
+        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await runner.setup()
+        try:
+            site = web.TCPSite(runner, self.host, self._port)
+            await site.start()
+        except BaseException:
+            await runner.cleanup()
+            raise
+        self._runner = runner
+        for addr in runner.addresses:
+            if isinstance(addr, tuple) and len(addr) >= 2:
+                self._bound_port = int(addr[1])
+                break
+        log.info("webhook receiver listening on %s:%s", self.host, self._bound_port)
+
+    async def close(self) -> None:
+        """Stop serving; deliveries in flight finish first."""
+        runner, self._runner = self._runner, None
+        if runner is not None:
+            await runner.cleanup()
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    def _bind(self, sink: DeliverySink) -> None:
+        if self._sink is not None and self._sink is not sink:
+            raise RuntimeError("this WebhookReceiver already serves another client")
+        self._sink = sink
+
+    def _unbind(self, sink: DeliverySink) -> None:
+        if self._sink is sink:
+            self._sink = None
+
+    # -- standalone consumption ---------------------------------------------------------------
+
+    async def deliveries(self) -> AsyncIterator[JobState]:
+        """Accepted deliveries, for a process that only listens (no client bound)."""
+        self._iterating += 1
+        try:
+            while True:
+                yield await self._queue.get()
+        finally:
+            self._iterating -= 1
+
+    def __aiter__(self) -> AsyncIterator[JobState]:
+        return self.deliveries()
+
+    # -- the handler -------------------------------------------------------------------------
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        try:
+            return await self._accept(request)
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # a bug of ours must not become a 500 the service retries forever
+            log.exception("webhook handler error")
+            return _reply(503, "temporarily unavailable")
+
+    async def _accept(self, request: web.Request) -> web.StreamResponse:
+        given = request.match_info.get("secret", "").encode()
+        if not hmac.compare_digest(given, self._secret):
+            return _reply(404, "not found")
+        if request.method != "POST":
+            return web.Response(status=405, headers={"Allow": "POST"})
+        if request.content_length is not None and request.content_length > self.max_body:
+            return _reply(413, f"body over {self.max_body} bytes")
+        body = bytearray()
+        while True:
+            chunk = await request.content.readany()
+            if not chunk:
+                break
+            body += chunk
+            if len(body) > self.max_body:
+                return _reply(413, f"body over {self.max_body} bytes")
+        try:
+            data = json.loads(body)
+        except (ValueError, UnicodeDecodeError):
+            return _reply(400, "body is not JSON")
+        if not isinstance(data, dict):
+            return _reply(400, "body is not a JSON object")
+        try:
+            state = parse_job_state(data)
+        except APIError as exc:
+            return _reply(400, exc.message)
+        return await self._dispatch(state)
+
+    async def _dispatch(self, state: JobState) -> web.StreamResponse:
+        sink = self._sink
+        if sink is not None:
+            if self.verify:
+                try:
+                    state = await sink.fetch(state.id)
+                except NotFoundError:
+                    log.warning("delivery for job %s: the API does not know it, ignored", state.id)
+                    return _reply(200, "")
+                except LipsyncError as exc:
+                    log.warning("delivery for job %s: cannot verify now (%s)", state.id, exc)
+                    return _reply(503, "cannot verify now, retry later")
+            self.received += 1
+            matched = sink.deliver(state)
+            self.matched += matched
+            log.info(
+                "delivery job=%s status=%s %s",
+                state.id,
+                state.status,
+                "matched" if matched else "unknown id (held briefly)",
+            )
+            return _reply(200, "")
+        if self._on_delivery is not None:
+            self.received += 1
+            try:
+                result = self._on_delivery(state)
+                if inspect.isawaitable(result):
+                    await result
+            except Exception:
+                log.exception("on_delivery callback failed for job %s", state.id)
+                return _reply(503, "delivery not processed, retry later")
+            return _reply(200, "")
+        if self._iterating:
+            try:
+                self._queue.put_nowait(state)
+            except asyncio.QueueFull:
+                return _reply(503, "busy, retry later")
+            self.received += 1
+            return _reply(200, "")
+        # Closing, or nobody to take it: the service retries later, to us or another worker.
+        return _reply(503, "not accepting deliveries now")

@@ -1,0 +1,176 @@
+"""The one converter: every rule about what goes on the wire and how answers are read.
+
+Models stay plain (``_models``); this module knows that ``executionTime`` is ``execution_time_ms``,
+that a request becomes ``{"webhook": ..., "formState": {...}}``, and how to read an answer that is
+not what the protocol promises (an HTML page from a proxy, a missing ``id``): those become
+``APIError`` showing the status and an excerpt, never a ``KeyError`` or ``JSONDecodeError``.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Final
+
+import cattrs
+from cattrs.gen import make_dict_unstructure_fn, override
+
+from ._errors import APIError, excerpt
+from ._models import (
+    JobState,
+    JobStatus,
+    LipsyncImageMultiRequest,
+    LipsyncImageRequest,
+    LipsyncVideoRequest,
+    Request,
+)
+
+__all__ = [
+    "converter",
+    "dump_request",
+    "form_state",
+    "loads_object",
+    "parse_job_state",
+    "parse_submit_answer",
+    "state_to_wire",
+]
+
+converter: Final = cattrs.Converter()
+
+# -- requests -> formState -------------------------------------------------------------------
+
+_NOT_FORM_STATE = ("webhook", "extra")
+
+
+def _form_state_hook(cls: type[Request]) -> Any:
+    base = make_dict_unstructure_fn(
+        cls,
+        converter,
+        _cattrs_omit_if_default=True,
+        **{name: override(omit=True) for name in _NOT_FORM_STATE},  # type: ignore[arg-type]
+    )
+
+    def unstructure(req: Request) -> dict[str, Any]:
+        # None means "not given": omit it, the service applies its defaults.
+        out: dict[str, Any] = {k: v for k, v in base(req).items() if v is not None}
+        if req.extra:
+            out.update(req.extra)  # extra cannot clash with named fields (checked by the model)
+        return out
+
+    return unstructure
+
+
+for _cls in (LipsyncVideoRequest, LipsyncImageRequest, LipsyncImageMultiRequest):
+    converter.register_unstructure_hook(_cls, _form_state_hook(_cls))
+
+
+def form_state(request: Request) -> dict[str, Any]:
+    """The request's ``formState`` object (named fields, then ``extra``)."""
+    out: dict[str, Any] = converter.unstructure(request)
+    return out
+
+
+def dump_request(request: Request, webhook: str | None = None) -> bytes:
+    """The submit body, serialised: ``{"webhook"?: ..., "formState": {...}}``."""
+    body: dict[str, Any] = {}
+    hook = request.webhook or webhook
+    if hook:
+        body["webhook"] = hook
+    body["formState"] = form_state(request)
+    return json.dumps(body, separators=(",", ":"), allow_nan=False).encode()
+
+
+# -- answers -> models -----------------------------------------------------------------------
+
+
+def loads_object(raw: bytes, status: int, *, job_id: str | None = None) -> dict[str, Any]:
+    """Decode a JSON object answer; anything else is an ``APIError`` showing what came back."""
+    try:
+        data = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        raise APIError(
+            "the service's answer is not JSON", status=status, body=excerpt(raw), job_id=job_id
+        ) from None
+    if not isinstance(data, dict):
+        raise APIError(
+            "the service's answer is not a JSON object",
+            status=status,
+            body=excerpt(raw),
+            job_id=job_id,
+        )
+    return data
+
+
+def _opt_str(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+def _opt_int(value: Any) -> int | None:
+    # Tolerant: the page says milliseconds as an integer; accept a float, drop anything else.
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value == value and abs(value) < 1e18:
+        return int(value)
+    return None
+
+
+def _structure_state(data: Any, _: type[JobState]) -> JobState:
+    if not isinstance(data, dict):
+        raise TypeError("a job state must be a JSON object")
+    job_id = data.get("id")
+    if not isinstance(job_id, str) or not job_id:
+        raise ValueError("a job state needs a non-empty string 'id'")
+    status = data.get("status")
+    if not isinstance(status, str) or not status:
+        raise ValueError("a job state needs a string 'status'")
+    error = data.get("error")
+    return JobState(
+        id=job_id,
+        status=JobStatus(status),
+        model=_opt_str(data.get("model")),
+        output=_opt_str(data.get("output")),
+        error=error if isinstance(error, str) else ("" if error is None else str(error)),
+        execution_time_ms=_opt_int(data.get("executionTime")),
+        timings=data.get("timings"),
+    )
+
+
+def _unstructure_state(state: JobState) -> dict[str, Any]:
+    return {
+        "id": state.id,
+        "model": state.model,
+        "status": state.status.value,
+        "output": state.output,
+        "error": state.error,
+        "executionTime": state.execution_time_ms,
+        "timings": state.timings,
+    }
+
+
+converter.register_structure_hook(JobState, _structure_state)
+converter.register_unstructure_hook(JobState, _unstructure_state)
+
+
+def parse_job_state(data: Any, *, status: int = 200, raw: bytes | None = None) -> JobState:
+    """Structure a job state; a payload that is not one becomes an ``APIError``."""
+    try:
+        return converter.structure(data, JobState)
+    except (TypeError, ValueError) as exc:
+        body = excerpt(raw) if raw is not None else excerpt(repr(data))
+        raise APIError(f"malformed job state: {exc}", status=status, body=body) from None
+
+
+def state_to_wire(state: JobState) -> dict[str, Any]:
+    """The 7-key wire form of a state (for stores and re-delivery)."""
+    out: dict[str, Any] = converter.unstructure(state)
+    return out
+
+
+def parse_submit_answer(raw: bytes, status: int) -> str:
+    """The job id from a submit answer ``{"id": ..., "status": "processing"}``."""
+    data = loads_object(raw, status)
+    job_id = data.get("id")
+    if not isinstance(job_id, str) or not job_id:
+        raise APIError("the submit answer has no job 'id'", status=status, body=excerpt(raw))
+    return job_id
