@@ -1,0 +1,42 @@
+"""Shared fixtures: a started emulator and a client factory bound to it."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from contextlib import AsyncExitStack
+from typing import Any
+
+import pytest
+
+from lipsync_async import LipsyncClient
+from lipsync_async.testing import FakeLipsyncServer
+
+IMAGE = "https://media.example.com/face.png"
+AUDIO = "https://media.example.com/voice.mp3"
+VIDEO = "https://media.example.com/clip.mp4"
+
+ClientFactory = Callable[..., Any]
+
+
+@pytest.fixture
+async def fake() -> AsyncIterator[FakeLipsyncServer]:
+    """An emulator with short jobs, on a free loopback port."""
+    async with FakeLipsyncServer(job_duration=0.05, seed=1) as server:
+        yield server
+
+
+@pytest.fixture
+async def make_client(fake: FakeLipsyncServer) -> AsyncIterator[ClientFactory]:
+    """Open clients against ``fake`` with test-speed timings; all closed after the test."""
+    async with AsyncExitStack() as stack:
+
+        async def make(**kwargs: Any) -> LipsyncClient:
+            kwargs.setdefault("base_url", fake.base_url)
+            kwargs.setdefault("poll_interval", 0.05)
+            kwargs.setdefault("backoff_base", 0.01)
+            kwargs.setdefault("backoff_max", 0.1)
+            key = kwargs.pop("api_key", fake.api_key)
+            client = LipsyncClient(key, **kwargs)
+            return await stack.enter_async_context(client)
+
+        yield make
