@@ -18,7 +18,7 @@ import json
 import logging
 import re
 import secrets
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from typing import Final, Protocol, Self
 
 from aiohttp import web
@@ -216,7 +216,7 @@ class WebhookReceiver:
 
     # -- standalone consumption ---------------------------------------------------------------
 
-    async def deliveries(self) -> AsyncIterator[JobState]:
+    async def deliveries(self) -> AsyncGenerator[JobState, None]:
         """Accepted deliveries, for a process that only listens (no client bound)."""
         self._iterating += 1
         try:

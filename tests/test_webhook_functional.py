@@ -7,7 +7,6 @@ import io
 import json
 import logging
 import socket
-from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
@@ -42,11 +41,10 @@ def _state(job_id: str, status: str = "completed") -> dict[str, Any]:
 
 
 @pytest.fixture
-async def hooked(
-    fake: FakeLipsyncServer, make_client: ClientFactory
-) -> AsyncIterator[LipsyncClient]:
+async def hooked(fake: FakeLipsyncServer, make_client: ClientFactory) -> LipsyncClient:
     """A client whose jobs resolve by webhook; fallback polling only after 5 s."""
-    yield await make_client(webhook=WebhookReceiver(), webhook_grace=5.0)
+    client: LipsyncClient = await make_client(webhook=WebhookReceiver(), webhook_grace=5.0)
+    return client
 
 
 async def test_deliveries_resolve_without_reads(
@@ -176,6 +174,7 @@ async def test_unknown_id_is_acknowledged(
 
 async def test_attach_to_own_app(fake: FakeLipsyncServer) -> None:
     """receiver.attach(app) serves deliveries from the user's own aiohttp application."""
+
     async def health(request: web.Request) -> web.Response:
         return web.Response(text="ok")
 
@@ -261,7 +260,7 @@ def test_public_url_must_be_https_unless_loopback() -> None:
     """Non-loopback http public URLs are refused unless allow_insecure is set."""
     with pytest.raises(ValidationError, match="public_url"):
         WebhookReceiver("http://hooks.example.com")
-    assert WebhookReceiver("http://hooks.example.com", allow_insecure=True)
+    assert WebhookReceiver("http://hooks.example.com", allow_insecure=True).url
     assert WebhookReceiver("http://[::1]:8080").url.startswith(
         "http://[::1]:8080/webhooks/lipsync/"
     )
