@@ -303,6 +303,13 @@ class Tracker(JobOwner):
                 if not job.done():
                     self._schedule_in(job, self.poll_interval)
                 continue
+            except Exception:
+                # A bug must not strand the job (its due would stay "reading" forever) nor kill
+                # this reader with an exception nobody retrieves.
+                log.exception("job %s: unexpected error during a status read", job.id)
+                if not job.done():
+                    self._schedule_in(job, self.poll_interval)
+                continue
             if job.done():
                 continue
             self._apply(job, state)
