@@ -230,10 +230,13 @@ class Transport:
 
     def pause(self, seconds: float) -> None:
         """Hold every request of this client for ``seconds`` (a 429's ``Retry-After``)."""
-        until = asyncio.get_running_loop().time() + seconds
+        now = asyncio.get_running_loop().time()
+        until = now + seconds
         if until > self._pause_until:
+            # One warning per pause, not one per 429 of a storm: extensions go to debug.
+            level = logging.WARNING if self._pause_until <= now else logging.DEBUG
             self._pause_until = until
-            log.warning("rate limited: pausing all requests for %.2f s", seconds)
+            log.log(level, "rate limited: pausing all requests for %.2f s", seconds)
 
     async def _gate(self) -> None:
         loop = asyncio.get_running_loop()
