@@ -34,6 +34,8 @@ from ._models import (
 from ._tracker import Tracker
 from ._webhook import WebhookReceiver
 from ._wire import dump_request, parse_submit_answer
+from .stores._base import Store
+from .stores._link import StoreLink
 
 __all__ = ["DEFAULT_BASE_URL", "LipsyncClient"]
 
@@ -75,6 +77,11 @@ class LipsyncClient:
         rate_limit: optional cap on requests per second, for all requests of this client.
         timeout: seconds to wait for an answer (socket read) before giving up on an attempt.
         connect_timeout: seconds to establish a connection.
+        store: a :mod:`lipsync_async.stores` store; every submit is recorded in it before its
+            ``Job`` is returned and every final state when the job resolves, so
+            :meth:`pending` can resume them after a restart, and final states other workers
+            record resolve this client's jobs. A ``webhook`` receiver without a store of its
+            own uses this one. ``None`` (the default) keeps everything in this process.
     """
 
     def __init__(
@@ -93,6 +100,7 @@ class LipsyncClient:
         connect_timeout: float = 10.0,
         backoff_base: float = 0.5,
         backoff_max: float = 30.0,
+        store: Store | None = None,
     ) -> None:
         key = api_key if api_key is not None else os.environ.get("LIPSYNC_API_KEY")
         if not key or not isinstance(key, str):
@@ -141,6 +149,11 @@ class LipsyncClient:
         )
         self._receiver = webhook
         self._started_receiver = False
+        if store is not None and not isinstance(store, Store):
+            raise ValidationError("store", "must be a lipsync_async.stores store")
+        self._store_link = None if store is None else StoreLink(store, self._tracker)
+        if store is not None and webhook is not None:
+            webhook._use_store(store)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closing = False
 
@@ -157,6 +170,12 @@ class LipsyncClient:
         self._closing = False
         await self._transport.open()
         self._tracker.start()
+        if self._store_link is not None:
+            try:
+                await self._store_link.open()
+            except BaseException:
+                await self.close()
+                raise
         if self._receiver is not None:
             try:
                 self._receiver._bind(self._tracker)
@@ -188,6 +207,8 @@ class LipsyncClient:
                     await self._receiver.close()
             await self._tracker.close()
         finally:
+            if self._store_link is not None:
+                await self._store_link.close()  # buffered final states first
             await self._transport.close()
             self._loop = None
 
@@ -229,13 +250,16 @@ class LipsyncClient:
         """Submit a request model (``LipsyncImageRequest`` ...) and return its ``Job``.
 
         Raises ``SubmissionUncertainError`` when the request may have reached the service but
-        its answer was lost: it is never sent twice.
+        its answer was lost: it is never sent twice. With a ``store``, raises ``StoreError``
+        when the job was created but could not be recorded; ``.job`` is still tracked.
         """
         self._check_open()
         receiver_url = self._receiver.url if self._receiver is not None else None
         body = dump_request(request, receiver_url)
         status, raw = await self._transport.submit(request.endpoint, body, request)
         job_id = parse_submit_answer(raw, status)
+        link = self._store_link
+        recorded = await link.record_submit(job_id, request) if link is not None else None
         tracker = self._tracker
         job = tracker.get(job_id)
         if job is None:
@@ -247,6 +271,8 @@ class LipsyncClient:
             )
             by_webhook = request.webhook is None and receiver_url is not None
             tracker.track(job, webhook=by_webhook)
+        if link is not None and recorded is not None:
+            link.submitted(job, recorded)  # a known outcome resolves it; a store failure raises
         return job
 
     async def lipsync_video(
@@ -330,6 +356,19 @@ class LipsyncClient:
         )
 
     # -- jobs --------------------------------------------------------------------------------
+
+    async def pending(self) -> list[Job]:
+        """The jobs the store knows as unfinished, tracked again: how a restarted worker resumes.
+
+        Each resolves by webhook or polling like any other (the first read comes after one
+        ``poll_interval``: a delivery made while no worker listened is gone); one whose final
+        state the store already holds resolves at once. Without a ``store``, the jobs this
+        client tracks now.
+        """
+        self._check_open()
+        if self._store_link is None:
+            return list(self._tracker._jobs.values())
+        return await self._store_link.pending()
 
     def job(self, job_id: str) -> Job:
         """Attach to a job submitted earlier (another process, before a restart).

@@ -19,7 +19,7 @@ import logging
 import re
 import secrets
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
-from typing import Final, Protocol, Self
+from typing import TYPE_CHECKING, Final, Protocol, Self
 
 from aiohttp import web
 from yarl import URL
@@ -27,6 +27,9 @@ from yarl import URL
 from ._errors import APIError, LipsyncError, NotFoundError, ValidationError
 from ._models import JobState, check_url
 from ._wire import parse_job_state
+
+if TYPE_CHECKING:
+    from .stores import Store
 
 __all__ = ["DeliverySink", "WebhookReceiver"]
 
@@ -78,6 +81,10 @@ class WebhookReceiver:
             service requires HTTPS; this is for development tunnels only).
         on_delivery: for a process that only listens: called with each accepted ``JobState``
             (may be async). Without it and without a client, use ``async for state in receiver``.
+        store: a :mod:`lipsync_async.stores` store shared with other workers: a final state
+            this receiver accepts and no job of its own client takes is recorded there (the
+            service gets 503, and retries, if the store is down), and the store announces it to
+            the worker awaiting the job. A receiver given to a client defaults to its store.
     """
 
     def __init__(
@@ -93,6 +100,7 @@ class WebhookReceiver:
         allow_insecure: bool = False,
         on_delivery: Callable[[JobState], Awaitable[object] | object] | None = None,
         queue_size: int = 10_000,
+        store: Store | None = None,
     ) -> None:
         if public_url is not None:
             check_url("public_url", public_url)
@@ -124,6 +132,7 @@ class WebhookReceiver:
         self.verify = verify
         self.max_body = max_body
         self._on_delivery = on_delivery
+        self._store = store
         self._queue: asyncio.Queue[JobState] = asyncio.Queue(maxsize=queue_size)
         self._iterating = 0
         self._sink: DeliverySink | None = None
@@ -168,6 +177,9 @@ class WebhookReceiver:
     def attach(self, app: web.Application) -> None:
         """Mount the handler on your own ``aiohttp.web.Application`` instead of a server."""
         app.router.add_route("*", self.path + "/{secret}", self._handle)
+        if self._store is not None:
+            app.on_startup.append(self._open_store)
+            app.on_cleanup.append(self._close_store)
         self._attached = True
 
     async def start(self) -> None:
@@ -204,6 +216,32 @@ class WebhookReceiver:
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self.close()
+
+    async def _open_store(self, app: web.Application) -> None:
+        if self._store is not None:
+            await self._store.open()
+
+    async def _close_store(self, app: web.Application) -> None:
+        if self._store is not None:
+            await self._store.close()
+
+    def _use_store(self, store: Store) -> None:
+        """A client's store, for a receiver that has none of its own."""
+        if self._store is None:
+            self._store = store
+        elif self._store is not store:
+            raise ValidationError("store", "the receiver and its client must share one store")
+
+    async def _record(self, state: JobState) -> bool:
+        """Record a final state in the shared store; False if the store cannot take it now."""
+        if self._store is None or not state.is_final:
+            return True
+        try:
+            await self._store.record_final(state)
+        except LipsyncError as exc:
+            log.warning("delivery for job %s: cannot record it in the store (%s)", state.id, exc)
+            return False
+        return True
 
     def _bind(self, sink: DeliverySink) -> None:
         if self._sink is not None and self._sink is not sink:
@@ -282,6 +320,8 @@ class WebhookReceiver:
             self.received += 1
             matched = sink.deliver(state)
             self.matched += matched
+            if not matched and not await self._record(state):  # another worker's job?
+                return _reply(503, "cannot record the delivery now, retry later")
             log.info(
                 "delivery job=%s status=%s %s",
                 state.id,
@@ -289,6 +329,12 @@ class WebhookReceiver:
                 "matched" if matched else "unknown id (held briefly)",
             )
             return _reply(200, "")
+        if self._store is not None:
+            if not await self._record(state):
+                return _reply(503, "cannot record the delivery now, retry later")
+            if self._on_delivery is None and not self._iterating:
+                self.received += 1
+                return _reply(200, "")
         if self._on_delivery is not None:
             self.received += 1
             try:

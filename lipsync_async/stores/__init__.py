@@ -1,0 +1,21 @@
+"""Where pending jobs and deliveries live, so they outlive a process and reach other workers.
+
+* :class:`MemoryStore`: one process (what a client without ``store=`` does, through the
+  interface);
+* :class:`SQLiteStore`: one machine; a restarted worker resumes its jobs with
+  ``await client.pending()``;
+* :class:`RedisStore`: many workers behind a load balancer; a webhook accepted by any worker
+  resolves the ``Job`` awaited on another (needs the ``redis`` extra).
+
+Pass one to ``LipsyncClient(store=...)`` and, for a process that only listens, to
+``WebhookReceiver(store=...)``. :class:`Store` is the interface, for another backend.
+"""
+
+from __future__ import annotations
+
+from ._base import PendingRecord, Store, StoreError
+from ._memory import MemoryStore
+from ._redis import RedisStore
+from ._sqlite import SQLiteStore
+
+__all__ = ["MemoryStore", "PendingRecord", "RedisStore", "SQLiteStore", "Store", "StoreError"]

@@ -1,0 +1,184 @@
+"""The store interface: what must outlive a process, and the channel between workers.
+
+A store keeps two things and carries one:
+
+* **pending jobs**: one :class:`PendingRecord` per submit (id, endpoint, when, what was sent),
+  written before the submit's ``Job`` is returned and removed once the process tracking the
+  job has resolved it (:meth:`Store.finish`). A restarted worker lists them with
+  :meth:`Store.pending` and tracks them again;
+* **final states**: what a delivery (or a status read) said at the end, kept even when nobody
+  tracks the job right now, so a worker that was gone finds the outcome when it resumes;
+* **the delivery channel**: the first time a final state is recorded, the store announces it
+  to the listeners of *other* processes (:meth:`Store.add_listener`), so a webhook accepted by
+  one worker resolves the ``Job`` awaited on another. Announcing only the first record is what
+  makes a duplicated webhook resolve nothing twice.
+
+Implementations: :class:`~lipsync_async.stores.MemoryStore` (one process),
+:class:`~lipsync_async.stores.SQLiteStore` (one machine, survives restarts) and
+:class:`~lipsync_async.stores.RedisStore` (many workers).
+"""
+
+from __future__ import annotations
+
+import abc
+import logging
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+import attrs
+
+from .._errors import LipsyncError
+from .._models import JobState
+
+if TYPE_CHECKING:
+    from .._job import Job
+
+__all__ = ["DeliveryCallback", "PendingRecord", "ResyncCallback", "Store", "StoreError"]
+
+log = logging.getLogger("lipsync_async.stores")
+
+DeliveryCallback = Callable[[JobState], object]
+"""Called (synchronously, on the event loop) with each final state announced by another process."""
+ResyncCallback = Callable[[], Awaitable[None]]
+"""Called after the channel reconnected: announcements made meanwhile may have been missed."""
+
+
+class StoreError(LipsyncError):
+    """The store could not be read or written (the database is down, locked, or unreachable).
+
+    On a submit the job may already exist at the service (and be billed) when the store write
+    fails: ``.job_id`` names it and ``.job`` is its ``Job``, tracked in memory like any other,
+    so the job is never silently lost. ``__cause__`` is the driver's error.
+    """
+
+    def __init__(self, message: str, *, job_id: str | None = None, job: Job | None = None) -> None:
+        if job_id is not None:
+            message = f"{message} (job {job_id} exists at the service and is tracked in memory)"
+        super().__init__(message)
+        self.job_id = job_id
+        self.job = job
+
+
+@attrs.define(frozen=True, kw_only=True, slots=True)
+class PendingRecord:
+    """A submitted job the store knows as unfinished.
+
+    ``request`` is the submit's wire form without the receiver URL (it carries the receiver's
+    secret, which has no business in a database): ``{"formState": {...}}`` plus ``"webhook"``
+    when the caller gave a URL of their own. ``submitted_at`` is Unix time.
+    """
+
+    id: str
+    endpoint: str
+    submitted_at: float
+    request: Mapping[str, Any] = attrs.field(factory=dict)
+
+
+class Store(abc.ABC):
+    """Where pending jobs and final states live; see the module docstring for the contract.
+
+    Every method may raise :class:`StoreError`. ``open`` and ``close`` are counted, so a client
+    and its receiver can share one store object: it really closes when the last user closes.
+    """
+
+    #: True when other processes share this store's data and channel (Redis); the client then
+    #: expects deliveries made to other workers to arrive through the channel.
+    shared: bool = False
+
+    def __init__(self) -> None:
+        self._users = 0
+        self._listeners: list[tuple[DeliveryCallback, ResyncCallback | None]] = []
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        """Connect (the first call) and count one more user."""
+        if self._users == 0:
+            await self._open()
+        self._users += 1
+
+    async def close(self) -> None:
+        """Count one user less; disconnect when none is left."""
+        if self._users == 0:
+            return
+        self._users -= 1
+        if self._users == 0:
+            self._listeners.clear()
+            await self._close()
+
+    async def _open(self) -> None:
+        """Connect; called by the first :meth:`open`."""
+        return  # nothing to connect by default (MemoryStore)
+
+    async def _close(self) -> None:
+        """Disconnect; called by the last :meth:`close`."""
+        return
+
+    # -- pending jobs ------------------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def add_pending(self, record: PendingRecord) -> JobState | None:
+        """Record a submitted job; return its final state if one is already known.
+
+        A delivery can beat the submit's own answer, even to another worker: the returned state
+        lets the caller resolve the job at once instead of waiting for a poll.
+        """
+
+    @abc.abstractmethod
+    async def pending(self) -> list[tuple[PendingRecord, JobState | None]]:
+        """Every unfinished job, oldest first, with its final state when one was recorded."""
+
+    # -- final states ------------------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def record_final(self, state: JobState) -> bool:
+        """Keep a delivered final state; announce it if it is the first. True if it was.
+
+        The pending record stays: the process tracking the job removes it once resolved.
+        """
+
+    @abc.abstractmethod
+    async def finish(self, states: Sequence[JobState], dropped: Iterable[str] = ()) -> None:
+        """Jobs resolved in this process: keep their states, announce the new ones, and drop
+        them (and ``dropped``, jobs whose tracking ended without a state) from pending."""
+
+    @abc.abstractmethod
+    async def finals(self, job_ids: Sequence[str]) -> dict[str, JobState]:
+        """The recorded final states among ``job_ids``."""
+
+    # -- the channel -------------------------------------------------------------------------
+
+    def add_listener(
+        self, on_state: DeliveryCallback, resync: ResyncCallback | None = None
+    ) -> None:
+        """Receive final states announced by other users of this store."""
+        self._listeners.append((on_state, resync))
+        self._listening_changed()
+
+    def remove_listener(self, on_state: DeliveryCallback) -> None:
+        self._listeners = [pair for pair in self._listeners if pair[0] is not on_state]
+        self._listening_changed()
+
+    async def ready(self, timeout: float = 5.0) -> bool:
+        """Wait until announcements from other processes reach this one's listeners."""
+        return True
+
+    def _listening_changed(self) -> None:
+        """Start or stop whatever feeds the listeners (Redis: the subscriber task)."""
+        return  # in-process stores call the listeners themselves
+
+    def _announce_local(self, state: JobState) -> None:
+        """Hand an announced state to this process's listeners (in-process stores)."""
+        for on_state, _ in list(self._listeners):
+            try:
+                on_state(state)
+            except Exception:
+                log.exception("store listener failed on job %s", state.id)
+
+    async def _resync_all(self) -> None:
+        for _, resync in list(self._listeners):
+            if resync is not None:
+                try:
+                    await resync()
+                except Exception:
+                    log.exception("store listener failed to resync")

@@ -1,0 +1,192 @@
+"""``StoreLink``: the client's side of a store, kept out of ``_client`` so it stays a composer.
+
+It records each submit before its ``Job`` is returned, writes final states as jobs resolve,
+turns the store's pending records back into tracked ``Job``s on resume, and hands the tracker
+the final states other workers announce.
+
+The tracker's ``on_final`` hook is synchronous and runs once per resolved job, so it only
+appends the state to a buffer; one flusher task (started when the buffer fills from empty,
+awaited by ``close``) writes everything buffered in one call to the store. A fan-out of 100,000
+jobs costs a list append per job and a handful of batched writes, never a task per job.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING, Final
+
+from .._errors import NotFoundError
+from .._job import Job
+from .._models import JobState, JobStatus, Request
+from ._base import Store, StoreError
+from ._records import record_for, request_from_record
+
+if TYPE_CHECKING:
+    from .._tracker import Tracker
+
+__all__ = ["StoreLink"]
+
+log = logging.getLogger("lipsync_async.stores")
+
+_WRITE_ATTEMPTS: Final = 3
+_CLOSE_TIMEOUT: Final = 10.0
+
+Recorded = tuple[JobState | None, StoreError | None]
+
+
+class StoreLink:
+    """Binds one client's tracker to a store (see the module docstring)."""
+
+    def __init__(self, store: Store, tracker: Tracker) -> None:
+        self.store = store
+        self._tracker = tracker
+        self._finished: list[JobState] = []
+        self._dropped: list[str] = []
+        self._flusher: asyncio.Task[None] | None = None
+        self._open = False
+
+    async def open(self) -> None:
+        await self.store.open()
+        self._open = True
+        self._tracker.on_final = self._on_final
+        self.store.add_listener(self._heard, self._resync)
+        if not await self.store.ready():
+            log.warning(
+                "the store's channel is not listening yet; deliveries to other workers "
+                "reach this one after it reconnects, or by polling"
+            )
+
+    async def close(self) -> None:
+        """Write the outcomes still buffered, then release the store. Never raises."""
+        if not self._open:
+            return
+        self._open = False
+        if self._tracker.on_final == self._on_final:
+            self._tracker.on_final = None
+        self.store.remove_listener(self._heard)
+        try:
+            async with asyncio.timeout(_CLOSE_TIMEOUT):
+                while self._flusher is not None:
+                    await asyncio.shield(self._flusher)
+        except TimeoutError:
+            log.warning(
+                "closing: final states not all written to the store within %s s; "
+                "those jobs stay pending there and resolve again on resume",
+                _CLOSE_TIMEOUT,
+            )
+            if self._flusher is not None:
+                self._flusher.cancel()
+                await asyncio.gather(self._flusher, return_exceptions=True)
+        try:
+            await self.store.close()
+        except Exception:
+            log.exception("closing the store failed")
+
+    # -- submits -----------------------------------------------------------------------------
+
+    async def record_submit(self, job_id: str, request: Request) -> Recorded:
+        """Record the submit; return (a final state already known, or the store's failure)."""
+        try:
+            return await self.store.add_pending(record_for(job_id, request)), None
+        except StoreError as exc:
+            return None, exc
+
+    def submitted(self, job: Job, recorded: Recorded) -> None:
+        """After the job is tracked: resolve it if its outcome was known, or raise the failure.
+
+        The error carries the job (tracked in memory like any other), so a job that exists at
+        the service is never dropped on the floor because the store was down.
+        """
+        final, failure = recorded
+        if failure is not None:
+            raise StoreError(
+                f"the submit succeeded but the store could not record it: {failure}",
+                job_id=job.id,
+                job=job,
+            ) from failure
+        if final is not None:
+            self._tracker.deliver(final)
+
+    # -- resume ------------------------------------------------------------------------------
+
+    async def pending(self) -> list[Job]:
+        """Jobs for the store's unfinished records; those whose outcome is known resolve now.
+
+        A resumed job is polled from the next ``poll_interval`` on, not after the webhook grace:
+        its delivery may have come while no process listened.
+        """
+        tracker = self._tracker
+        jobs: list[Job] = []
+        for record, final in await self.store.pending():
+            job = tracker.get(record.id)
+            if job is None:
+                job = Job(
+                    record.id,
+                    tracker,
+                    request=request_from_record(record),
+                    state=JobState(id=record.id, status=JobStatus.PROCESSING),
+                )
+                if final is None:
+                    tracker.track(job, webhook=False)
+            if final is not None:
+                tracker.attach(job)
+                tracker.deliver(final)
+            jobs.append(job)
+        return jobs
+
+    # -- outcomes ----------------------------------------------------------------------------
+
+    def _on_final(self, job: Job) -> None:
+        state = job.state
+        if state is not None and state.is_final:
+            self._finished.append(state)
+        elif isinstance(job._error, NotFoundError):
+            self._dropped.append(job.id)  # the service does not know it: it never resolves
+        else:
+            return  # e.g. a 401: this worker's key is wrong, not the job; keep it pending
+        if self._flusher is None and self._open:
+            self._flusher = asyncio.get_running_loop().create_task(
+                self._flush(), name="lipsync-store-flush"
+            )
+
+    async def _flush(self) -> None:
+        try:
+            while self._finished or self._dropped:
+                states, self._finished = self._finished, []
+                dropped, self._dropped = self._dropped, []
+                await self._write(states, dropped)
+        finally:
+            self._flusher = None
+
+    async def _write(self, states: list[JobState], dropped: list[str]) -> None:
+        for attempt in range(_WRITE_ATTEMPTS):
+            try:
+                await self.store.finish(states, dropped)
+            except StoreError as exc:
+                if attempt + 1 < _WRITE_ATTEMPTS:
+                    await asyncio.sleep(0.1 * 2**attempt)
+                    continue
+                log.warning(
+                    "could not record %d final states (%s); those jobs stay pending in the "
+                    "store and resolve again on resume",
+                    len(states) + len(dropped),
+                    exc,
+                )
+            except Exception:
+                log.exception("recording final states failed")
+            return
+
+    # -- the channel -------------------------------------------------------------------------
+
+    def _heard(self, state: JobState) -> None:
+        # Unknown ids are held briefly by the tracker: the announcement can beat our own
+        # submit's answer when the delivery landed on another worker.
+        self._tracker.deliver(state)
+
+    async def _resync(self) -> None:
+        ids = list(self._tracker._jobs)
+        if not ids:
+            return
+        for state in (await self.store.finals(ids)).values():
+            self._tracker.deliver(state)

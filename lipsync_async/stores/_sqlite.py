@@ -1,0 +1,210 @@
+"""``SQLiteStore``: one machine, pending jobs that survive a restart; stdlib ``sqlite3`` only.
+
+sqlite3 blocks, so every statement runs on one dedicated thread (a single-worker executor that
+owns the connection): the event loop never waits on the disk, and statements never race each
+other for the connection. The database is in WAL mode with ``synchronous=NORMAL``: a commit
+costs no fsync (a power cut can lose the last commits, a process crash cannot), and readers
+never block the writer. Final states resolved together are written in one transaction.
+
+The channel reaches listeners in this process only: SQLite cannot push to another process.
+Several processes may share the file (WAL allows it) and each finds the others' final states
+through :meth:`pending` when it resumes; workers that must resolve each other's deliveries live
+belong on :class:`~lipsync_async.stores.RedisStore`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sqlite3
+import time
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import TypeVar
+
+from .._models import JobState
+from ._base import PendingRecord, Store, StoreError
+from ._records import dump_record, dump_state, load_record, load_state
+
+__all__ = ["SQLiteStore"]
+
+T = TypeVar("T")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS pending (
+    id TEXT PRIMARY KEY, submitted_at REAL NOT NULL, record TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS finals (
+    id TEXT PRIMARY KEY, recorded_at REAL NOT NULL, state TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS finals_recorded_at ON finals (recorded_at);
+"""
+_CHUNK = 500  # ids per IN (...) query, well under SQLite's variable limit
+
+
+class SQLiteStore(Store):
+    """Pending jobs and final states in a SQLite file at ``path`` (created if missing).
+
+    ``final_ttl`` seconds: final states older than this are pruned when the store opens.
+    ``timeout``: seconds a statement waits for another process's write lock.
+    """
+
+    def __init__(
+        self, path: str | os.PathLike[str], *, final_ttl: float = 7 * 86400.0, timeout: float = 5.0
+    ) -> None:
+        super().__init__()
+        self.path = Path(path)
+        self.final_ttl = final_ttl
+        self.timeout = timeout
+        self._db: sqlite3.Connection | None = None
+        self._executor: ThreadPoolExecutor | None = None
+
+    def __repr__(self) -> str:
+        return f"<SQLiteStore {str(self.path)!r} {'open' if self._db is not None else 'closed'}>"
+
+    # -- plumbing ----------------------------------------------------------------------------
+
+    async def _call(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        executor, db = self._executor, self._db
+        if executor is None or db is None:
+            raise StoreError(f"the SQLite store {str(self.path)!r} is not open")
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(executor, _in_transaction, db, fn)
+        except (sqlite3.Error, OSError) as exc:
+            raise StoreError(f"SQLite store {str(self.path)!r}: {exc}") from exc
+
+    async def _open(self) -> None:
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="lipsync-sqlite")
+        loop = asyncio.get_running_loop()
+        try:
+            self._db = await loop.run_in_executor(self._executor, self._connect)
+        except (sqlite3.Error, OSError) as exc:
+            self._executor.shutdown(wait=False)
+            self._executor = None
+            raise StoreError(f"cannot open the SQLite store {str(self.path)!r}: {exc}") from exc
+
+    def _connect(self) -> sqlite3.Connection:
+        # isolation_level=None: we issue BEGIN/COMMIT ourselves (see _in_transaction).
+        db = sqlite3.connect(
+            self.path, timeout=self.timeout, isolation_level=None, check_same_thread=False
+        )
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")
+            db.executescript(_SCHEMA)
+            db.execute("DELETE FROM finals WHERE recorded_at < ?", (time.time() - self.final_ttl,))
+        except BaseException:
+            db.close()
+            raise
+        return db
+
+    async def _close(self) -> None:
+        db, executor = self._db, self._executor
+        self._db = self._executor = None
+        if executor is None:
+            return
+        loop = asyncio.get_running_loop()
+        try:
+            if db is not None:
+                await loop.run_in_executor(executor, db.close)
+        finally:
+            executor.shutdown(wait=False)
+
+    # -- the contract ------------------------------------------------------------------------
+
+    async def add_pending(self, record: PendingRecord) -> JobState | None:
+        row = dump_record(record)
+
+        def add(db: sqlite3.Connection) -> str | None:
+            db.execute(
+                "INSERT OR REPLACE INTO pending (id, submitted_at, record) VALUES (?, ?, ?)",
+                (record.id, record.submitted_at, row),
+            )
+            found = db.execute("SELECT state FROM finals WHERE id = ?", (record.id,)).fetchone()
+            return None if found is None else str(found[0])
+
+        text = await self._call(add)
+        return None if text is None else load_state(text)
+
+    async def pending(self) -> list[tuple[PendingRecord, JobState | None]]:
+        def read(db: sqlite3.Connection) -> list[tuple[str, str | None]]:
+            return db.execute(
+                "SELECT p.record, f.state FROM pending p LEFT JOIN finals f ON f.id = p.id"
+                " ORDER BY p.submitted_at"
+            ).fetchall()
+
+        out: list[tuple[PendingRecord, JobState | None]] = []
+        for record_text, state_text in await self._call(read):
+            record = load_record(record_text)
+            if record is not None:
+                out.append((record, None if state_text is None else load_state(state_text)))
+        return out
+
+    async def record_final(self, state: JobState) -> bool:
+        new = await self._call(lambda db: _keep(db, [state]))
+        for fresh in new:
+            self._announce_local(fresh)
+        return bool(new)
+
+    async def finish(self, states: Sequence[JobState], dropped: Iterable[str] = ()) -> None:
+        gone = [(s.id,) for s in states] + [(i,) for i in dropped]
+
+        def write(db: sqlite3.Connection) -> list[JobState]:
+            new = _keep(db, states)
+            db.executemany("DELETE FROM pending WHERE id = ?", gone)
+            return new
+
+        for fresh in await self._call(write):
+            self._announce_local(fresh)
+
+    async def finals(self, job_ids: Sequence[str]) -> dict[str, JobState]:
+        ids = list(job_ids)
+
+        def read(db: sqlite3.Connection) -> list[tuple[str, str]]:
+            rows: list[tuple[str, str]] = []
+            for start in range(0, len(ids), _CHUNK):
+                chunk = ids[start : start + _CHUNK]
+                marks = ",".join("?" * len(chunk))
+                rows += db.execute(
+                    f"SELECT id, state FROM finals WHERE id IN ({marks})",  # noqa: S608 - only ?s
+                    chunk,
+                ).fetchall()
+            return rows
+
+        out: dict[str, JobState] = {}
+        for job_id, text in await self._call(read):
+            state = load_state(text)
+            if state is not None:
+                out[job_id] = state
+        return out
+
+
+def _in_transaction(db: sqlite3.Connection, fn: Callable[[sqlite3.Connection], T]) -> T:
+    # BEGIN IMMEDIATE takes the write lock up front, so a read-then-write never deadlocks
+    # against another process's writer; reads pay nothing for it in WAL mode.
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        result = fn(db)
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    db.execute("COMMIT")
+    return result
+
+
+def _keep(db: sqlite3.Connection, states: Sequence[JobState]) -> list[JobState]:
+    """Insert the final states not recorded yet; return those (the ones to announce)."""
+    now = time.time()
+    new: list[JobState] = []
+    for state in states:
+        if not state.is_final:
+            continue
+        cur = db.execute(
+            "INSERT OR IGNORE INTO finals (id, recorded_at, state) VALUES (?, ?, ?)",
+            (state.id, now, dump_state(state)),
+        )
+        if cur.rowcount:
+            new.append(state)
+    return new

@@ -1,0 +1,111 @@
+"""A worker process for the store tests: submits or resumes jobs against the test's emulator.
+
+Run as ``python tests/stores_worker.py MODE --base-url ... --api-key ... --store ...``; it prints
+one JSON object per line (``{"event": ...}``) for the test to read. Modes:
+
+* ``submit``: submit ``--count`` jobs, print ``submitted``, then either await them all and
+  print ``resolved`` or, with ``--hang``, sleep until killed (the test kills it mid-flight);
+* ``resume``: ``await client.pending()``, print ``resumed``, await them all, print ``resolved``.
+
+``--store`` is ``sqlite:PATH`` or a ``redis://`` URL (``--prefix`` namespaces the keys). With
+``--port``, the worker runs a receiver there whose public URL is ``--public-url`` (another
+worker's address: the load balancer sent the webhook elsewhere) and whose secret is
+``--secret``, shared by all workers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from typing import Any
+
+from lipsync_async import Job, JobFailed, LipsyncClient, WebhookReceiver
+from lipsync_async.stores import RedisStore, SQLiteStore, Store
+
+IMAGE = "https://media.example.com/face.png"
+AUDIO = "https://media.example.com/voice.mp3"
+
+
+def emit(event: str, **fields: Any) -> None:
+    print(json.dumps({"event": event, **fields}), flush=True)
+
+
+def make_store(spec: str, prefix: str) -> Store:
+    if spec.startswith("sqlite:"):
+        return SQLiteStore(spec.removeprefix("sqlite:"))
+    return RedisStore(spec, prefix=prefix)
+
+
+async def settle(client: LipsyncClient, jobs: list[Job], timeout: float) -> None:
+    resolved: list[str] = []
+    failed: list[str] = []
+    async with asyncio.timeout(timeout):
+        for job in asyncio.as_completed([j.wait() for j in jobs]):
+            try:
+                state = await job
+                resolved.append(state.id)
+            except JobFailed as exc:
+                failed.append(exc.state.id)
+    store = client._store_link.store if client._store_link is not None else None
+    emit(
+        "resolved",
+        ids=resolved,
+        failed=failed,
+        reads=client.stats["status_reads"],
+        announced=getattr(store, "announced", 0),
+        routed=getattr(store, "routed", 0),
+    )
+
+
+async def main(args: argparse.Namespace) -> None:
+    store = make_store(args.store, args.prefix)
+    receiver = None
+    if args.port:
+        receiver = WebhookReceiver(args.public_url, port=args.port, secret=args.secret)
+    client = LipsyncClient(
+        args.api_key,
+        base_url=args.base_url,
+        webhook=receiver,
+        store=store,
+        poll_interval=args.poll_interval,
+        webhook_grace=args.grace,
+    )
+    async with client:
+        emit("ready")
+        if args.mode == "submit":
+            jobs = list(
+                await asyncio.gather(
+                    *(client.lipsync_image(image=IMAGE, audio=AUDIO) for _ in range(args.count))
+                )
+            )
+            emit("submitted", ids=[j.id for j in jobs])
+            if args.hang:
+                await asyncio.sleep(3600)
+        else:
+            jobs = await client.pending()
+            emit("resumed", ids=[j.id for j in jobs], done=[j.id for j in jobs if j.done()])
+        await settle(client, jobs, args.timeout)
+        if args.linger:  # keep the receiver up for the other worker's deliveries
+            await asyncio.sleep(args.linger)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser()
+    parser.add_argument("mode", choices=["submit", "resume"])
+    parser.add_argument("--base-url", required=True)
+    parser.add_argument("--api-key", required=True)
+    parser.add_argument("--store", required=True)
+    parser.add_argument("--prefix", default="lipsync")
+    parser.add_argument("--count", type=int, default=10)
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--public-url", default=None)
+    parser.add_argument("--secret", default=None)
+    parser.add_argument("--poll-interval", type=float, default=0.05)
+    parser.add_argument("--grace", type=float, default=30.0)
+    parser.add_argument("--timeout", type=float, default=30.0)
+    parser.add_argument("--linger", type=float, default=0.0)
+    parser.add_argument("--hang", action="store_true")
+    asyncio.run(main(parser.parse_args()))
+    sys.exit(0)
