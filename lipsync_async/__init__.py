@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import Any
 
 from ._client import LipsyncClient
+from ._cost import estimate_credits
 from ._errors import (
     APIConnectionError,
     APIError,
@@ -63,6 +64,7 @@ __all__ = [
     "SubmissionUncertainError",
     "ValidationError",
     "WebhookReceiver",
+    "estimate_credits",
 ]
 
 

@@ -1,0 +1,399 @@
+"""``lipsync-async batch``: a JSONL file of requests in, a JSONL file of results out.
+
+Each input line is one request, ``{"endpoint": "image", "image": ..., "audio": ..., ...}``
+(the submit flags' names, ``extra`` as an object). ``--concurrency`` workers each take a line,
+submit it, wait for the job and append its result to ``--out`` (flushed per line), so a crash or
+Ctrl-C keeps every finished line.
+
+Two files make it resumable without ever paying twice:
+
+- ``--out`` holds one result per finished line (``{"line": 7, "id": ..., "status": ...}``);
+  a rerun skips lines whose result is ``completed``, ``failed`` or ``uncertain`` and retries
+  those that ended in an ``error`` (the last line for a number wins).
+- ``--out`` + ``.submitted`` journals each job id the moment its submit is answered; a rerun
+  attaches to those jobs by id instead of submitting their lines again. A submit whose answer
+  was lost (``uncertain``) is not retried: the job may exist and be billed.
+
+Rerun with the same input file: results are matched by line number.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO, Any
+
+import attrs
+import click
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    Task,
+    TextColumn,
+    TimeRemainingColumn,
+)
+from rich.text import Text
+
+from .._client import LipsyncClient
+from .._errors import JobFailed, LipsyncError, SubmissionUncertainError, ValidationError
+from .._job import Job
+from .._models import JobState, Request
+from .._wire import state_to_wire
+from ._common import (
+    EXIT_API,
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_USAGE,
+    ApiOptions,
+    api_options,
+    build_request,
+    local_files,
+    open_client,
+    run,
+)
+
+__all__ = ["batch"]
+
+_FINAL = frozenset({"completed", "failed", "uncertain"})
+
+
+@click.command()
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option(
+    "--concurrency",
+    "-c",
+    type=click.IntRange(1, 10_000),
+    default=16,
+    show_default=True,
+    help="Jobs in flight at once.",
+)
+@click.option(
+    "--out",
+    "-o",
+    type=click.Path(dir_okay=False, path_type=Path),
+    required=True,
+    help="Results, one JSON line per input line (appended; rerun to resume).",
+)
+@click.option(
+    "--download",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Save each completed output in this directory (as ID.mp4).",
+)
+@api_options(receiver=True)
+def batch(opts: ApiOptions, file: Path, concurrency: int, out: Path, download: Path | None) -> None:
+    """Run every request of a JSONL file, with a live progress bar; resumable.
+
+    Exit 0 if every job completed, 1 if some failed, 2 if some lines were bad (reported with
+    their line number and skipped), 3 on API or network errors, 130 on Ctrl-C.
+    """
+    err = Console(stderr=True, highlight=False)
+    todo, bad = _read_input(file)
+    finished, uncertain = _read_results(out)
+    journal_path = out.with_name(out.name + ".submitted")
+    submitted = _read_journal(journal_path)
+    if uncertain:
+        err.print(
+            f"{len(uncertain)} line(s) had a submit whose answer was lost and are not retried "
+            f"(the job may exist and be billed): lines {_numbers(uncertain)}"
+        )
+    work: list[_Item] = []
+    for lineno, request in todo:
+        if lineno in finished:
+            continue
+        work.append(_Item(lineno, request, submitted.get(lineno)))
+    skipped = len(todo) - len(work)
+    if skipped:
+        err.print(f"resuming: {skipped} line(s) already in {out}, skipped")
+    if download is not None:
+        download.mkdir(parents=True, exist_ok=True)
+    files = any(local_files(item.request) for item in work)
+    state = _Batch(work=work, bad=len(bad), download=download)
+    run(opts, _run(opts, state, out, journal_path, concurrency, err, files))
+
+
+@attrs.define
+class _Item:
+    line: int
+    request: Request
+    job_id: str | None  # from the journal: attach, do not submit again
+
+
+@attrs.define(kw_only=True)
+class _Batch:
+    work: list[_Item]
+    bad: int
+    download: Path | None
+    completed: int = 0
+    failed: int = 0
+    errors: int = 0
+    stop: asyncio.Event = attrs.field(factory=asyncio.Event)
+
+    @property
+    def finished(self) -> int:
+        return self.completed + self.failed + self.errors
+
+
+def _numbers(lines: set[int] | list[int]) -> str:
+    shown = sorted(lines)[:20]
+    more = "..." if len(lines) > len(shown) else ""
+    return ", ".join(map(str, shown)) + more
+
+
+def _read_input(path: Path) -> tuple[list[tuple[int, Request]], list[int]]:
+    """Parse every line; report each bad one with its number and leave it out."""
+    todo: list[tuple[int, Request]] = []
+    bad: list[int] = []
+    with path.open(encoding="utf-8", errors="replace") as fh:
+        for lineno, text in enumerate(fh, start=1):
+            if not text.strip():
+                continue
+            try:
+                todo.append((lineno, _parse_line(text)))
+            except (ValueError, ValidationError) as exc:  # ValidationError is a ValueError too
+                bad.append(lineno)
+                click.echo(f"{path}:{lineno}: skipped: {exc}", err=True)
+    return todo, bad
+
+
+def _parse_line(text: str) -> Request:
+    try:
+        data = json.loads(text)
+    except ValueError as exc:
+        raise ValueError(f"not JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise ValidationError("line", "must be a JSON object")
+    fields = dict(data)
+    endpoint = fields.pop("endpoint", None)
+    if not isinstance(endpoint, str):
+        raise ValidationError("endpoint", "is required: video, image or multi")
+    return build_request(endpoint, fields)
+
+
+def _records(path: Path) -> Iterator[dict[str, Any]]:
+    if not path.exists():
+        return
+    with path.open(encoding="utf-8", errors="replace") as fh:
+        for text in fh:
+            try:
+                record = json.loads(text)
+            except ValueError:  # a line cut short by a crash: its job is redone
+                continue
+            if isinstance(record, dict) and isinstance(record.get("line"), int):
+                yield record
+
+
+def _read_results(path: Path) -> tuple[set[int], set[int]]:
+    """Line numbers already finished (last record wins), and those of them uncertain."""
+    last: dict[int, str] = {}
+    for record in _records(path):
+        last[record["line"]] = str(record.get("status"))
+    finished = {line for line, status in last.items() if status in _FINAL}
+    return finished, {line for line, status in last.items() if status == "uncertain"}
+
+
+def _read_journal(path: Path) -> dict[int, str]:
+    return {r["line"]: r["id"] for r in _records(path) if isinstance(r.get("id"), str) and r["id"]}
+
+
+def _open_append(path: Path) -> IO[str]:
+    """Append mode, after completing a last line a crash may have cut short."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fh = path.open("a+", encoding="utf-8")
+    if fh.tell() > 0:
+        fh.seek(fh.tell() - 1)
+        if fh.read(1) != "\n":
+            fh.write("\n")
+    return fh
+
+
+def _write(fh: IO[str], record: dict[str, Any]) -> None:
+    # One small write and a flush per line, on the loop: microseconds into the page cache, and
+    # it is what makes every finished line survive a Ctrl-C or a crash of this process.
+    fh.write(json.dumps(record, default=str, separators=(",", ":")) + "\n")
+    fh.flush()
+
+
+class _Counts(ProgressColumn):
+    def render(self, task: Task) -> Text:
+        f = task.fields
+        text = Text()
+        text.append(f"{f['n_done']} done", "green")
+        text.append(" · ")
+        text.append(f"{f['n_failed']} failed", "red")
+        if f["n_errors"]:
+            text.append(" · ")
+            text.append(f"{f['n_errors']} errors", "magenta")
+        text.append(" · ")
+        text.append(f"{f['n_pending']} pending", "yellow")
+        return text
+
+
+class _Rate(ProgressColumn):
+    def render(self, task: Task) -> Text:
+        speed = task.finished_speed or task.speed
+        return Text(f"{speed:.1f} jobs/s" if speed else "- jobs/s", "cyan")
+
+
+async def _run(
+    opts: ApiOptions,
+    batch: _Batch,
+    out: Path,
+    journal_path: Path,
+    concurrency: int,
+    err: Console,
+    files: bool,
+) -> int:
+    loop = asyncio.get_running_loop()
+    main = asyncio.current_task()
+
+    def interrupt() -> None:
+        if batch.stop.is_set() and main is not None:  # second Ctrl-C: stop waiting now
+            main.cancel()
+        batch.stop.set()
+
+    with contextlib.suppress(NotImplementedError):
+        loop.add_signal_handler(signal.SIGINT, interrupt)
+    started = time.monotonic()
+    progress = Progress(
+        TextColumn("[bold]batch"),
+        BarColumn(bar_width=16),
+        MofNCompleteColumn(),
+        _Counts(),
+        _Rate(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+        console=err,
+    )
+    total = len(batch.work)
+    try:
+        with _open_append(out) as results, _open_append(journal_path) as journal, progress:
+            task = progress.add_task("batch", total=total, **_fields(batch, total))
+
+            def advance() -> None:
+                progress.update(task, completed=batch.finished, **_fields(batch, total))
+
+            async with open_client(opts, local_files=files) as client:
+                items = iter(batch.work)
+                workers = [
+                    asyncio.create_task(_worker(client, batch, items, results, journal, advance))
+                    for _ in range(min(concurrency, max(1, total)))
+                ]
+                try:
+                    await asyncio.gather(*workers)
+                finally:
+                    for w in workers:
+                        w.cancel()
+                    await asyncio.gather(*workers, return_exceptions=True)
+    except asyncio.CancelledError:
+        if not batch.stop.is_set():
+            raise
+    finally:
+        with contextlib.suppress(NotImplementedError):
+            loop.remove_signal_handler(signal.SIGINT)
+    took = time.monotonic() - started
+    summary = (
+        f"{batch.completed} completed, {batch.failed} failed, {batch.errors} errors, "
+        f"{batch.bad} bad lines skipped, in {took:.1f} s; results in {out}"
+    )
+    if batch.stop.is_set():
+        left = total - batch.finished
+        click.echo(f"interrupted: {summary}. Rerun to resume the {left} line(s) left.", err=True)
+        return EXIT_INTERRUPTED
+    click.echo(f"batch: {summary}", err=True)
+    if batch.errors:
+        return EXIT_API
+    if batch.failed:
+        return EXIT_FAILED
+    return EXIT_USAGE if batch.bad else EXIT_OK
+
+
+def _fields(batch: _Batch, total: int) -> dict[str, Any]:
+    return {
+        "n_done": batch.completed,
+        "n_failed": batch.failed,
+        "n_errors": batch.errors,
+        "n_pending": total - batch.finished,
+    }
+
+
+async def _worker(
+    client: LipsyncClient,
+    batch: _Batch,
+    items: Iterator[_Item],
+    results: IO[str],
+    journal: IO[str],
+    advance: Any,
+) -> None:
+    for item in items:
+        if batch.stop.is_set():
+            return
+        record = await _one(client, batch, item, journal)
+        if record is None:  # interrupted while waiting: the journal lets a rerun attach
+            return
+        status = record["status"]
+        if status == "completed":
+            batch.completed += 1
+        elif status == "failed":
+            batch.failed += 1
+        else:
+            batch.errors += 1
+        _write(results, record)
+        advance()
+
+
+async def _one(
+    client: LipsyncClient, batch: _Batch, item: _Item, journal: IO[str]
+) -> dict[str, Any] | None:
+    """Submit (or attach), wait, download: the line's result, or None if stopped meanwhile."""
+    job: Job
+    if item.job_id is not None:
+        job = client.job(item.job_id)
+    else:
+        # Not raced against Ctrl-C: a submit cut off halfway could create a job nobody records.
+        try:
+            job = await client.submit(item.request)
+        except SubmissionUncertainError as exc:
+            return {"line": item.line, "id": None, "status": "uncertain", "error": str(exc)}
+        except LipsyncError as exc:
+            return {"line": item.line, "id": None, "status": "error", "error": str(exc)}
+        _write(journal, {"line": item.line, "id": job.id})
+    waiter = asyncio.ensure_future(_outcome(job))
+    stopper = asyncio.ensure_future(batch.stop.wait())
+    try:
+        await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopper.cancel()
+        if not waiter.done():
+            waiter.cancel()
+        await asyncio.gather(waiter, stopper, return_exceptions=True)
+    if waiter.cancelled():
+        return None
+    state, error = waiter.result()
+    if state is None:
+        return {"line": item.line, "id": job.id, "status": "error", "error": error}
+    record: dict[str, Any] = {"line": item.line, **state_to_wire(state)}
+    if batch.download is not None and state.status.value == "completed":
+        try:
+            record["file"] = str(await client.download(state, batch.download))
+        except (LipsyncError, OSError) as exc:
+            # Completed and paid for: a rerun attaches by id (journal) and downloads again.
+            return {"line": item.line, "id": job.id, "status": "error", "error": str(exc)}
+    return record
+
+
+async def _outcome(job: Job) -> tuple[JobState | None, str]:
+    try:
+        return await job, ""
+    except JobFailed as exc:
+        return exc.state, ""
+    except LipsyncError as exc:
+        return None, str(exc)

@@ -1,0 +1,316 @@
+"""What every API command shares: the key and URL options, the client, requests, exit codes.
+
+Exit codes are a contract scripts rely on: 0 done, 1 a job failed, 2 bad usage or validation
+(click's own usage errors are 2 too), 3 an API or network error, 130 interrupted. Errors are
+one line on stderr; ``--debug`` adds the traceback and the SDK's debug log. The API key is
+scrubbed from everything this module prints, on top of the SDK's promise never to show it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import json
+import logging
+import os
+import sys
+import traceback
+from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
+from pathlib import Path
+from typing import Any, Final, NoReturn, TypeVar
+
+import attrs
+import click
+
+from .._client import LipsyncClient
+from .._errors import (
+    JobFailed,
+    JobTimeoutError,
+    LipsyncError,
+    SubmissionUncertainError,
+    ValidationError,
+)
+from .._models import (
+    JobState,
+    LipsyncImageMultiRequest,
+    LipsyncImageRequest,
+    LipsyncVideoRequest,
+    Request,
+)
+from .._webhook import WebhookReceiver
+from .._wire import state_to_wire
+
+__all__ = [
+    "EXIT_API",
+    "EXIT_FAILED",
+    "EXIT_OK",
+    "EXIT_USAGE",
+    "ApiOptions",
+    "api_options",
+    "build_request",
+    "echo_json",
+    "open_client",
+    "run",
+    "state_json",
+]
+
+EXIT_OK: Final = 0
+EXIT_FAILED: Final = 1
+EXIT_USAGE: Final = 2
+EXIT_API: Final = 3
+EXIT_INTERRUPTED: Final = 130
+
+#: Endpoint names a user may type (CLI subcommands, a batch line's "endpoint").
+ENDPOINT_CLASSES: Final[Mapping[str, type[Request]]] = {
+    "video": LipsyncVideoRequest,
+    "image": LipsyncImageRequest,
+    "multi": LipsyncImageMultiRequest,
+    "image-multi": LipsyncImageMultiRequest,
+    "lipsync-video": LipsyncVideoRequest,
+    "lipsync-image": LipsyncImageRequest,
+    "lipsync-image-multi": LipsyncImageMultiRequest,
+}
+_MEDIA: Final = frozenset({"video", "image", "audio", "left_audio", "right_audio", "mask_image"})
+
+T = TypeVar("T")
+
+
+@attrs.define(kw_only=True)
+class ApiOptions:
+    """The options every command that talks to the API takes."""
+
+    api_key: str | None = attrs.field(repr=False)
+    base_url: str | None
+    poll_interval: float
+    debug: bool
+    public_url: str | None = None
+    listen_host: str = "127.0.0.1"
+    listen_port: int = 0
+
+
+def api_options(*, receiver: bool = False) -> Callable[[Callable[..., T]], Callable[..., T]]:
+    """Add ``--api-key``, ``--base-url``, ``--poll-interval``, ``--debug`` (and, with
+    ``receiver``, ``--public-url``, ``--listen-host``, ``--listen-port``), passed to the command
+    as one ``opts: ApiOptions`` keyword."""
+    options = [
+        click.option(
+            "--api-key",
+            envvar="LIPSYNC_API_KEY",
+            show_envvar=True,
+            help="Your sk_... key (prefer the environment variable: arguments show in `ps`).",
+        ),
+        click.option(
+            "--base-url",
+            envvar="LIPSYNC_BASE_URL",
+            show_envvar=True,
+            help="API root. [default: https://lipsync.studio/api/v1]",
+        ),
+        click.option(
+            "--poll-interval",
+            type=click.FloatRange(min=0.01),
+            default=5.0,
+            show_default=True,
+            help="Seconds between status reads of a job (the service asks 5-10).",
+        ),
+        click.option("--debug", is_flag=True, help="Show tracebacks and the SDK's debug log."),
+    ]
+    if receiver:
+        options += [
+            click.option(
+                "--public-url",
+                default=None,
+                help="Where the service can reach this machine (a tunnel to --listen-port): "
+                "jobs then resolve by webhook, and local media files are served from here.",
+            ),
+            click.option(
+                "--listen-host", default="127.0.0.1", show_default=True, help="Receiver interface."
+            ),
+            click.option(
+                "--listen-port",
+                type=click.IntRange(0, 65535),
+                default=0,
+                show_default=True,
+                help="Receiver port (0: any free port).",
+            ),
+        ]
+    names = [field.name for field in attrs.fields(ApiOptions)]
+
+    def decorate(func: Callable[..., T]) -> Callable[..., T]:
+        @functools.wraps(func)
+        def wrapper(**kwargs: Any) -> T:
+            given = {name: kwargs.pop(name) for name in names if name in kwargs}
+            return func(opts=ApiOptions(**given), **kwargs)
+
+        command: Callable[..., T] = wrapper
+        for option in reversed(options):
+            command = option(command)
+        return command
+
+    return decorate
+
+
+# -- requests ---------------------------------------------------------------------------------
+
+
+def parse_extra(pairs: tuple[str, ...]) -> dict[str, Any]:
+    """``KEY=VALUE`` pairs; a VALUE that parses as JSON is taken as JSON, else as a string."""
+    extra: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"expected KEY=VALUE, got {pair!r}", param_hint="--extra")
+        try:
+            extra[key] = json.loads(raw)
+        except ValueError:
+            extra[key] = raw
+    return extra
+
+
+def media(value: str) -> str | Path:
+    """A media value: an existing local file becomes a ``Path`` (served by the receiver)."""
+    if "://" not in value and os.path.isfile(value):
+        return Path(value)
+    return value
+
+
+def build_request(endpoint: str, fields: Mapping[str, Any]) -> Request:
+    """A request model from loose fields (CLI flags or a batch line); ``ValidationError`` if bad.
+
+    ``None`` values mean "not given". Media strings naming an existing file become paths.
+    """
+    cls = ENDPOINT_CLASSES.get(endpoint)
+    if cls is None:
+        raise ValidationError("endpoint", f"must be video, image or multi, got {endpoint!r:.40}")
+    known = {a.name for a in attrs.fields(cls)}
+    unknown = sorted(set(fields) - known)
+    if unknown:
+        raise ValidationError(
+            unknown[0], "is not a field of this endpoint (model-specific ones go in extra)"
+        )
+    kwargs: dict[str, Any] = {}
+    for name, value in fields.items():
+        if value is None:
+            continue
+        kwargs[name] = media(value) if name in _MEDIA and isinstance(value, str) else value
+    try:
+        return cls(**kwargs)
+    except TypeError as exc:  # a required field is missing
+        missing = [n for n in cls.media_fields if n != "mask_image" and n not in kwargs]
+        field = missing[0] if missing else "request"
+        raise ValidationError(field, "is required") from exc
+
+
+def local_files(request: Request) -> list[str]:
+    """Names of the request's media fields that are local files."""
+    return [n for n in request.media_fields if isinstance(getattr(request, n, None), Path)]
+
+
+# -- the client -------------------------------------------------------------------------------
+
+
+@contextlib.asynccontextmanager
+async def open_client(
+    opts: ApiOptions, *, local_files: bool = False, **kwargs: Any
+) -> AsyncIterator[LipsyncClient]:
+    """A client from the options; with ``--public-url``, a receiver for webhooks and files."""
+    if not opts.api_key:
+        raise ValidationError("api key", "missing: set LIPSYNC_API_KEY or pass --api-key")
+    if local_files and not opts.public_url:
+        raise ValidationError(
+            "media",
+            "a local file needs --public-url (an address where the service can fetch it, "
+            "such as a tunnel to --listen-port); or upload it and pass its URL",
+        )
+    receiver = None
+    if opts.public_url:
+        receiver = WebhookReceiver(
+            opts.public_url, host=opts.listen_host, port=opts.listen_port, allow_insecure=True
+        )
+    client = LipsyncClient(
+        opts.api_key,
+        base_url=opts.base_url,
+        poll_interval=opts.poll_interval,
+        webhook=receiver,
+        webhook_grace=max(30.0, 6 * opts.poll_interval),
+        **kwargs,
+    )
+    async with client:
+        yield client
+
+
+# -- output -----------------------------------------------------------------------------------
+
+
+def state_json(state: JobState, **more: Any) -> dict[str, Any]:
+    """The job's wire JSON (the service's seven keys), plus ``more``."""
+    return {**state_to_wire(state), **more}
+
+
+def echo_json(data: Any) -> None:
+    """One JSON document on one line of stdout."""
+    click.echo(json.dumps(data, default=str, separators=(",", ":")))
+
+
+class _Scrubbing(logging.Formatter):
+    def __init__(self, secret: str | None) -> None:
+        super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
+        self._secret = secret
+
+    def format(self, record: logging.LogRecord) -> str:
+        return scrub(super().format(record), self._secret)
+
+
+def scrub(text: str, secret: str | None) -> str:
+    """``text`` with the API key replaced, in case anything ever printed it."""
+    if secret and len(secret) >= 4:
+        return text.replace(secret, "sk_***")
+    return text
+
+
+def fail(message: str, code: int, opts: ApiOptions | None = None) -> NoReturn:
+    """One line on stderr, then exit with ``code``."""
+    key = opts.api_key if opts is not None else None
+    click.echo(scrub(f"error: {message}", key), err=True)
+    sys.exit(code)
+
+
+def _describe(exc: BaseException) -> tuple[str, int]:
+    if isinstance(exc, JobFailed):
+        return str(exc), EXIT_FAILED
+    if isinstance(exc, ValidationError):
+        return str(exc), EXIT_USAGE
+    if isinstance(exc, SubmissionUncertainError):
+        return (
+            f"{exc}. The job may exist at the service and be billed: check before submitting again",
+            EXIT_API,
+        )
+    if isinstance(exc, JobTimeoutError):
+        return f"{exc}; resume with `lipsync-async wait ID`", EXIT_API
+    if isinstance(exc, LipsyncError):
+        return str(exc), EXIT_API
+    if isinstance(exc, OSError):
+        return f"{type(exc).__name__}: {exc}", EXIT_API
+    return f"unexpected {type(exc).__name__}: {exc} (--debug shows the traceback)", EXIT_API
+
+
+def run(opts: ApiOptions, main: Coroutine[Any, Any, int]) -> NoReturn:
+    """Run ``main`` (which returns an exit code) and exit; errors become one line and a code."""
+    if opts.debug:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(_Scrubbing(opts.api_key))
+        logger = logging.getLogger("lipsync_async")
+        logger.addHandler(handler)
+        logger.setLevel(logging.DEBUG)
+    try:
+        code = asyncio.run(main)
+    except KeyboardInterrupt:
+        click.echo("interrupted", err=True)
+        sys.exit(EXIT_INTERRUPTED)
+    except Exception as exc:
+        message, code = _describe(exc)
+        if opts.debug:
+            trace = "".join(traceback.format_exception(exc))
+            click.echo(scrub(trace, opts.api_key), err=True, nl=False)
+        fail(message, code, opts)
+    sys.exit(code)
