@@ -14,10 +14,11 @@ from pathlib import Path
 from typing import Any, Final, Self
 
 import aiohttp
+import attrs
 from yarl import URL
 
 from ._download import download_to
-from ._errors import JobTimeoutError, ValidationError
+from ._errors import JobTimeoutError, SubmissionUncertainError, ValidationError
 from ._http import RetryPolicy, Transport
 from ._job import Job
 from ._models import (
@@ -30,6 +31,7 @@ from ._models import (
     Request,
     Resolution,
     check_url,
+    local_media,
 )
 from ._tracker import Tracker
 from ._webhook import WebhookReceiver
@@ -252,8 +254,15 @@ class LipsyncClient:
         Raises ``SubmissionUncertainError`` when the request may have reached the service but
         its answer was lost: it is never sent twice. With a ``store``, raises ``StoreError``
         when the job was created but could not be recorded; ``.job`` is still tracked.
+
+        Media given as local files (``pathlib.Path``) are served by the ``webhook`` receiver
+        (a ``ValidationError`` without one, before any request): the service gets their URLs,
+        and ``Job.request`` (or ``SubmissionUncertainError.request``) is the request as sent,
+        with those URLs in place of the paths.
         """
         self._check_open()
+        if local_media(request):
+            return await self._submit_local(request)
         receiver_url = self._receiver.url if self._receiver is not None else None
         body = dump_request(request, receiver_url)
         status, raw = await self._transport.submit(request.endpoint, body, request)
@@ -275,13 +284,52 @@ class LipsyncClient:
             link.submitted(job, recorded)  # a known outcome resolves it; a store failure raises
         return job
 
+    async def _submit_local(self, request: Request) -> Job:
+        """Serve the request's local files from the receiver, then submit it with their URLs.
+
+        Each file gets a fresh token; the files stay served until the job ends plus the
+        receiver's ``file_grace``. A submit that surely created no job unregisters them at
+        once; one that may have (``SubmissionUncertainError``, or a submit cancelled in flight)
+        keeps them for the grace, and
+        one whose job exists despite the error (``.job``, a store failure) ties them to it.
+        """
+        local = local_media(request)
+        receiver = self._receiver
+        if receiver is None:
+            raise ValidationError(
+                next(iter(local)),
+                "is a local file, and the service fetches inputs by URL: serving it needs a "
+                "public receiver (LipsyncClient(webhook=WebhookReceiver(public_url=...))), "
+                "or pass an http(s) URL instead",
+            )
+        files = receiver._files
+        tokens: list[str] = []
+        try:
+            urls: dict[str, Any] = {}  # Any: evolve's per-field kwargs cannot take a str dict
+            for field, path in local.items():
+                token, urls[field] = receiver._serve_file(field, path)
+                tokens.append(token)
+            job = await self.submit(attrs.evolve(request, **urls))
+        except (SubmissionUncertainError, asyncio.CancelledError):
+            files.expire(tokens)  # a job may exist and be fetching them
+            raise
+        except BaseException as exc:
+            created = getattr(exc, "job", None)
+            if isinstance(created, Job):
+                files.expire_with(created, tokens)
+            else:
+                files.discard(tokens)
+            raise
+        files.expire_with(job, tokens)
+        return job
+
     async def lipsync_video(
         self,
         *,
-        video: str,
-        audio: str,
+        video: str | os.PathLike[str],
+        audio: str | os.PathLike[str],
         resolution: Resolution | None = None,
-        mask_image: str | None = None,
+        mask_image: str | os.PathLike[str] | None = None,
         prompt: str | None = None,
         seed: int | None = None,
         webhook: str | None = None,
@@ -304,10 +352,10 @@ class LipsyncClient:
     async def lipsync_image(
         self,
         *,
-        image: str,
-        audio: str,
+        image: str | os.PathLike[str],
+        audio: str | os.PathLike[str],
         resolution: Resolution | None = None,
-        mask_image: str | None = None,
+        mask_image: str | os.PathLike[str] | None = None,
         prompt: str | None = None,
         seed: int | None = None,
         webhook: str | None = None,
@@ -330,9 +378,9 @@ class LipsyncClient:
     async def lipsync_image_multi(
         self,
         *,
-        image: str,
-        left_audio: str,
-        right_audio: str,
+        image: str | os.PathLike[str],
+        left_audio: str | os.PathLike[str],
+        right_audio: str | os.PathLike[str],
         order: Order | None = None,
         resolution: Resolution | None = None,
         prompt: str | None = None,

@@ -1,13 +1,19 @@
 """Frozen models: the three submit requests, ``JobState`` and ``JobStatus``.
 
-Pure data and validation, no I/O: a bad request fails here, at construction, before any socket
-opens. The wire rules (formState layout, camelCase) live in ``_wire``.
+Pure data and validation, no network I/O: a bad request fails here, at construction, before any
+socket opens. The wire rules (formState layout, camelCase) live in ``_wire``.
+
+The one exception to "no I/O": a media field given as a local file (``pathlib.Path``) is
+``stat``-ed here, so a missing file fails at construction like a malformed URL does. A stat is a
+cheap syscall; the file's bytes are never read here (the receiver streams them, see ``_files``).
 """
 
 from __future__ import annotations
 
 import enum
 import math
+import os
+import stat
 from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Any, ClassVar, Final, Literal
@@ -25,7 +31,10 @@ __all__ = [
     "LipsyncImageRequest",
     "LipsyncVideoRequest",
     "Request",
+    "check_file",
+    "check_media",
     "check_url",
+    "local_media",
 ]
 
 Resolution = Literal["480p", "720p"]
@@ -91,8 +100,55 @@ def check_url(field: str, value: object) -> str:
     return value
 
 
-def _url(inst: object, attribute: attrs.Attribute[Any], value: object) -> None:
-    check_url(attribute.name, value)
+def check_file(field: str, value: os.PathLike[str]) -> str:
+    """The path of ``value`` if it names a readable regular file; else ``ValidationError``.
+
+    One ``stat``, no read: a file that vanishes later is the receiver's 404, not ours to guess.
+    """
+    try:
+        name = os.fspath(value)
+    except TypeError as exc:
+        raise ValidationError(field, f"is not a usable path: {exc}") from None
+    if not isinstance(name, str):
+        raise ValidationError(field, f"must be a str path, got {type(name).__name__}")
+    try:
+        st = os.stat(name)
+    except FileNotFoundError:
+        raise ValidationError(field, f"no such file: {name!r:.200}") from None
+    except (OSError, ValueError) as exc:  # ValueError: an embedded NUL
+        raise ValidationError(field, f"cannot use {name!r:.200}: {exc}") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise ValidationError(field, f"is not a regular file: {name!r:.200}")
+    if not os.access(name, os.R_OK):
+        raise ValidationError(field, f"is not readable: {name!r:.200}")
+    return name
+
+
+def check_media(field: str, value: object) -> str | os.PathLike[str]:
+    """A media input: an http(s) URL string, or a local file (``pathlib.Path``) to be served."""
+    if isinstance(value, os.PathLike):
+        check_file(field, value)
+        return value
+    return check_url(field, value)
+
+
+def local_media(request: Request) -> dict[str, os.PathLike[str]]:
+    """The request's media fields that are local files, by field name (empty for all-URL)."""
+    out: dict[str, os.PathLike[str]] = {}
+    for name in request.media_fields:
+        value = getattr(request, name)
+        if isinstance(value, os.PathLike):
+            out[name] = value
+    return out
+
+
+def _media(inst: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    check_media(attribute.name, value)
+
+
+def _optional_media(inst: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if value is not None:
+        check_media(attribute.name, value)
 
 
 def _optional_url(inst: object, attribute: attrs.Attribute[Any], value: object) -> None:
@@ -160,7 +216,11 @@ def _finite_json(field: str, value: object, depth: int = 0) -> None:
 
 @attrs.define(frozen=True, kw_only=True, slots=True)
 class _RequestBase:
-    """Fields every endpoint shares; subclasses add their media and name their endpoint."""
+    """Fields every endpoint shares; subclasses add their media and name their endpoint.
+
+    A media field is an http(s) URL, or a local file (``pathlib.Path`` or any ``os.PathLike``)
+    that the client's ``WebhookReceiver`` serves at submit (``LipsyncClient.submit``).
+    """
 
     endpoint: ClassVar[str]
     media_fields: ClassVar[tuple[str, ...]]
@@ -192,9 +252,9 @@ class LipsyncVideoRequest(_RequestBase):
     endpoint: ClassVar[str] = "lipsync-video"
     media_fields: ClassVar[tuple[str, ...]] = ("video", "audio", "mask_image")
 
-    video: str = attrs.field(validator=_url)
-    audio: str = attrs.field(validator=_url)
-    mask_image: str | None = attrs.field(default=None, validator=_optional_url)
+    video: str | os.PathLike[str] = attrs.field(validator=_media)
+    audio: str | os.PathLike[str] = attrs.field(validator=_media)
+    mask_image: str | os.PathLike[str] | None = attrs.field(default=None, validator=_optional_media)
 
 
 @attrs.define(frozen=True, kw_only=True, slots=True)
@@ -204,9 +264,9 @@ class LipsyncImageRequest(_RequestBase):
     endpoint: ClassVar[str] = "lipsync-image"
     media_fields: ClassVar[tuple[str, ...]] = ("image", "audio", "mask_image")
 
-    image: str = attrs.field(validator=_url)
-    audio: str = attrs.field(validator=_url)
-    mask_image: str | None = attrs.field(default=None, validator=_optional_url)
+    image: str | os.PathLike[str] = attrs.field(validator=_media)
+    audio: str | os.PathLike[str] = attrs.field(validator=_media)
+    mask_image: str | os.PathLike[str] | None = attrs.field(default=None, validator=_optional_media)
 
 
 @attrs.define(frozen=True, kw_only=True, slots=True)
@@ -216,9 +276,9 @@ class LipsyncImageMultiRequest(_RequestBase):
     endpoint: ClassVar[str] = "lipsync-image-multi"
     media_fields: ClassVar[tuple[str, ...]] = ("image", "left_audio", "right_audio")
 
-    image: str = attrs.field(validator=_url)
-    left_audio: str = attrs.field(validator=_url)
-    right_audio: str = attrs.field(validator=_url)
+    image: str | os.PathLike[str] = attrs.field(validator=_media)
+    left_audio: str | os.PathLike[str] = attrs.field(validator=_media)
+    right_audio: str | os.PathLike[str] = attrs.field(validator=_media)
     order: Order | None = attrs.field(default=None, validator=_one_of(ORDERS))
 
 

@@ -16,6 +16,7 @@ import inspect
 import ipaddress
 import json
 import logging
+import os
 import re
 import secrets
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
@@ -25,6 +26,7 @@ from aiohttp import web
 from yarl import URL
 
 from ._errors import APIError, LipsyncError, NotFoundError, ValidationError
+from ._files import FileRegistry
 from ._models import JobState, check_url
 from ._wire import parse_job_state
 
@@ -85,6 +87,9 @@ class WebhookReceiver:
             this receiver accepts and no job of its own client takes is recorded there (the
             service gets 503, and retries, if the store is down), and the store announces it to
             the worker awaiting the job. A receiver given to a client defaults to its store.
+        file_grace: seconds a local input file (a ``pathlib.Path`` media field) stays served
+            after its job ends, at ``{public_url}{path}/files/{token}/{name}``; then that URL
+            is a 404. Files are served by the process that registered them only.
     """
 
     def __init__(
@@ -101,6 +106,7 @@ class WebhookReceiver:
         on_delivery: Callable[[JobState], Awaitable[object] | object] | None = None,
         queue_size: int = 10_000,
         store: Store | None = None,
+        file_grace: float = 300.0,
     ) -> None:
         if public_url is not None:
             check_url("public_url", public_url)
@@ -123,6 +129,13 @@ class WebhookReceiver:
             raise ValidationError("port", f"must be 0-65535, got {port!r}")
         if isinstance(max_body, bool) or not isinstance(max_body, int) or max_body < 256:
             raise ValidationError("max_body", f"must be an integer >= 256, got {max_body!r}")
+        if (
+            isinstance(file_grace, bool)
+            or not isinstance(file_grace, int | float)
+            or not 0 <= file_grace < float("inf")
+        ):
+            raise ValidationError("file_grace", f"must be seconds >= 0, got {file_grace!r}")
+        self._files = FileRegistry(float(file_grace))
         self._public_url = public_url.rstrip("/") if public_url else None
         self.host = host
         self._port = port
@@ -172,11 +185,23 @@ class WebhookReceiver:
         """True while serving, on its own server or mounted on an application."""
         return self._runner is not None or self._attached
 
+    def _serve_file(self, field: str, path: os.PathLike[str]) -> tuple[str, str]:
+        """Register a local input file; return its token and its URL for the service.
+
+        The URL is ``{public_url}{path}/files/{token}/{name}``: under the receiver's address
+        but without its secret (see ``_files``).
+        """
+        base = self.url.removesuffix(self._secret_str)  # "{public_url}{path}/"
+        token, name = self._files.add(field, path)
+        return token, f"{base}files/{token}/{name}"
+
     # -- lifecycle ---------------------------------------------------------------------------
 
     def attach(self, app: web.Application) -> None:
         """Mount the handler on your own ``aiohttp.web.Application`` instead of a server."""
         app.router.add_route("*", self.path + "/{secret}", self._handle)
+        # Local input files (GET and HEAD): a route of their own, see _files.
+        app.router.add_get(self.path + "/files/{token}/{name}", self._files.handle)
         if self._store is not None:
             app.on_startup.append(self._open_store)
             app.on_cleanup.append(self._close_store)
@@ -206,6 +231,7 @@ class WebhookReceiver:
 
     async def close(self) -> None:
         """Stop serving; deliveries in flight finish first."""
+        self._files.clear()  # their URLs die with the server
         runner, self._runner = self._runner, None
         if runner is not None:
             await runner.cleanup()

@@ -14,7 +14,7 @@ from typing import Any, Final
 import cattrs
 from cattrs.gen import make_dict_unstructure_fn, override
 
-from ._errors import APIError, excerpt
+from ._errors import APIError, ValidationError, excerpt
 from ._models import (
     JobState,
     JobStatus,
@@ -22,6 +22,7 @@ from ._models import (
     LipsyncImageRequest,
     LipsyncVideoRequest,
     Request,
+    local_media,
 )
 
 __all__ = [
@@ -64,7 +65,15 @@ for _cls in (LipsyncVideoRequest, LipsyncImageRequest, LipsyncImageMultiRequest)
 
 
 def form_state(request: Request) -> dict[str, Any]:
-    """The request's ``formState`` object (named fields, then ``extra``)."""
+    """The request's ``formState`` object (named fields, then ``extra``).
+
+    Media must be URLs by now: the client swaps local files for their served URLs before
+    this point, so a path here is a caller's mistake, not something to put on the wire.
+    """
+    for field in local_media(request):
+        raise ValidationError(
+            field, "is a local file; LipsyncClient.submit serves it first (it needs a receiver)"
+        )
     out: dict[str, Any] = converter.unstructure(request)
     return out
 

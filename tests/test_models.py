@@ -118,4 +118,5 @@ def test_url_validation_never_crashes(value: str) -> None:
     except ValidationError as exc:
         assert exc.field == "image"
     else:
+        assert isinstance(req.image, str)
         assert req.image.lower().startswith(("http://", "https://"))
