@@ -9,6 +9,7 @@ not what the protocol promises (an HTML page from a proxy, a missing ``id``): th
 from __future__ import annotations
 
 import json
+import reprlib
 from typing import Any, Final
 
 import cattrs
@@ -67,6 +68,16 @@ for _cls in (LipsyncVideoRequest, LipsyncImageRequest, LipsyncImageMultiRequest)
 def form_state(request: Request) -> dict[str, Any]:
     """The request's ``formState`` object (named fields, then ``extra``).
 
+    A local file stays a ``Path`` here (a dry run may show it); only :func:`dump_request`,
+    which builds what goes on the wire, insists on URLs.
+    """
+    out: dict[str, Any] = converter.unstructure(request)
+    return out
+
+
+def dump_request(request: Request, webhook: str | None = None) -> bytes:
+    """The submit body, serialised: ``{"webhook"?: ..., "formState": {...}}``.
+
     Media must be URLs by now: the client swaps local files for their served URLs before
     this point, so a path here is a caller's mistake, not something to put on the wire.
     """
@@ -74,12 +85,6 @@ def form_state(request: Request) -> dict[str, Any]:
         raise ValidationError(
             field, "is a local file; LipsyncClient.submit serves it first (it needs a receiver)"
         )
-    out: dict[str, Any] = converter.unstructure(request)
-    return out
-
-
-def dump_request(request: Request, webhook: str | None = None) -> bytes:
-    """The submit body, serialised: ``{"webhook"?: ..., "formState": {...}}``."""
     body: dict[str, Any] = {}
     hook = request.webhook or webhook
     if hook:
@@ -95,7 +100,7 @@ def loads_object(raw: bytes, status: int, *, job_id: str | None = None) -> dict[
     """Decode a JSON object answer; anything else is an ``APIError`` showing what came back."""
     try:
         data = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: deeply nested
         raise APIError(
             "the service's answer is not JSON", status=status, body=excerpt(raw), job_id=job_id
         ) from None
@@ -166,7 +171,9 @@ def parse_job_state(data: Any, *, status: int = 200, raw: bytes | None = None) -
     try:
         return converter.structure(data, JobState)
     except (TypeError, ValueError) as exc:
-        body = excerpt(raw) if raw is not None else excerpt(repr(data))
+        # reprlib: bounded in depth and length, where repr() of a payload nested near the
+        # recursion limit would raise RecursionError out of the error tree.
+        body = excerpt(raw) if raw is not None else excerpt(reprlib.repr(data))
         raise APIError(f"malformed job state: {exc}", status=status, body=body) from None
 
 

@@ -7,6 +7,7 @@ URLs the emulator was given (``fake.jobs[id].form_state``) with a real aiohttp c
 from __future__ import annotations
 
 import asyncio
+import gzip
 import os
 import resource
 import socket
@@ -30,6 +31,7 @@ from lipsync_async import (
     WebhookReceiver,
 )
 from lipsync_async._files import safe_name
+from lipsync_async._wire import dump_request, form_state
 from lipsync_async.testing import FakeLipsyncServer
 
 from .conftest import AUDIO, IMAGE, VIDEO, ClientFactory
@@ -411,8 +413,6 @@ async def test_compressed_sibling_is_never_served_instead(
     media: dict[str, tuple[Path, bytes]],
 ) -> None:
     """A fetcher accepting gzip still gets the registered file, not a ``.gz`` beside it."""
-    import gzip
-
     path, data = media["image"]
     path.with_name(path.name + ".gz").write_bytes(gzip.compress(b"stale copy"))
     client = await make_client(webhook=WebhookReceiver())
@@ -420,3 +420,13 @@ async def test_compressed_sibling_is_never_served_instead(
     url = fake.jobs[job.id].form_state["image"]
     status, body, headers = await _get(http, url, **{"Accept-Encoding": "gzip, br"})
     assert status == 200 and body == data and "Content-Encoding" not in headers
+
+
+def test_wire_body_never_carries_a_path(media: dict[str, tuple[Path, bytes]]) -> None:
+    """dump_request refuses a request still holding a path (the client swaps in URLs first);
+    form_state keeps it, so a dry run can show what would be served."""
+    request = LipsyncImageRequest(image=media["image"][0], audio=AUDIO)
+    with pytest.raises(ValidationError, match="local file") as info:
+        dump_request(request, "https://hooks.example.com/x")
+    assert info.value.field == "image"
+    assert form_state(request)["image"] == str(media["image"][0])
