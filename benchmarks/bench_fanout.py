@@ -1,0 +1,160 @@
+"""Benchmark 1: fan-out throughput.
+
+N zero-length jobs (the emulator's ``job_duration=0``) submitted and resolved by polling, in
+jobs/s, for the SDK and three baselines (see ``_baselines``): raw aiohttp POST + GET pairs, the
+naive aiohttp client, the naive httpx client. Same concurrency bound everywhere (64), same
+``poll_interval`` for the polling clients. Also shown: client CPU per job (this process) and
+server CPU per job (the emulator process), since on 2 cores the server can be the bottleneck
+and then jobs/s alone hides how much work the client does.
+
+Usage: ``python benchmarks/bench_fanout.py [--quick]``
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import sys
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from _baselines import naive_aiohttp, naive_httpx, raw_pairs
+from _bench import (
+    AUDIO,
+    CONCURRENCY,
+    IMAGE,
+    SERVER_NOTE,
+    Emulator,
+    Meter,
+    bounded,
+    emit,
+    fmt,
+    parse_quick,
+    ratio,
+    table,
+)
+
+from lipsync_async import LipsyncClient
+
+POLL = 0.05
+CLIENTS = ("raw aiohttp", "SDK", "naive aiohttp", "naive httpx")
+
+
+async def sdk(base_url: str, api_key: str, n: int, stats: Counter[str]) -> None:
+    async with LipsyncClient(
+        api_key=api_key, base_url=base_url, poll_interval=POLL, max_in_flight=CONCURRENCY
+    ) as client:
+        jobs = await asyncio.gather(
+            *(client.lipsync_image(image=IMAGE, audio=AUDIO) for _ in range(n))
+        )
+        async for _ in client.as_completed(jobs):
+            stats["done"] += 1
+        stats.update(client.stats)
+
+
+async def measure(emu: Emulator, name: str, n: int, budget: float) -> dict[str, Any]:
+    """One run. The httpx client may use up ``budget`` seconds: then jobs/s is done / elapsed."""
+    await emu.reset(job_duration=0.0)
+    stats: Counter[str] = Counter()
+    run: Callable[[], Awaitable[Any]]
+    if name == "raw aiohttp":
+        run = lambda: raw_pairs(emu.base_url, emu.api_key, n, stats)  # noqa: E731
+    elif name == "SDK":
+        run = lambda: sdk(emu.base_url, emu.api_key, n, stats)  # noqa: E731
+    elif name == "naive aiohttp":
+        run = lambda: naive_aiohttp(emu.base_url, emu.api_key, n, POLL, stats)  # noqa: E731
+    else:
+        run = lambda: naive_httpx(emu.base_url, emu.api_key, n, POLL, stats)  # noqa: E731
+    gc.collect()
+    timed_out = False
+    async with Meter(emu) as m:
+        if name == "naive httpx":
+            try:
+                async with asyncio.timeout(budget):
+                    await run()
+            except TimeoutError:
+                timed_out = True
+        else:
+            await bounded(run(), 30.0 + n / 50.0, f"fan-out {name} N={n}")
+    done = stats["done"]
+    if not timed_out and done != n:
+        raise RuntimeError(f"{name}: {done} of {n} jobs resolved")
+    server_reqs = sum(v for k, v in m.server_requests.items() if k.startswith(("POST", "GET")))
+    result = {
+        "client": name,
+        "n": n,
+        "done": done,
+        "timed_out": timed_out,
+        "wall": m.wall,
+        "jobs_per_s": done / m.wall,
+        "client_cpu_us": m.cpu / max(done, 1) * 1e6,
+        "server_cpu_us": m.server_cpu / max(done, 1) * 1e6,
+        "requests_per_job": server_reqs / max(done, 1),
+    }
+    print(
+        f"  fan-out {name:14s} N={n:>6,}: {result['jobs_per_s']:7.0f} jobs/s"
+        f"{' (time budget hit)' if timed_out else ''}",
+        file=sys.stderr,
+        flush=True,
+    )
+    return result
+
+
+async def main(quick: bool) -> None:
+    sizes = (1_000, 2_000) if quick else (1_000, 5_000, 20_000)
+    reps = 1 if quick else 3
+    budget = 8.0 if quick else 40.0
+    results: list[dict[str, Any]] = []
+    async with Emulator() as emu:
+        await measure(emu, "raw aiohttp", 500, budget)  # warm up both processes
+        await measure(emu, "SDK", 500, budget)
+        for n in sizes:
+            best: dict[str, dict[str, Any]] = {}
+            # Interleaved repetitions, best jobs/s kept: the machine is shared, noise only slows.
+            for _ in range(reps if n <= 5_000 else 2):
+                for name in CLIENTS:
+                    if name == "naive httpx" and name in best:
+                        continue  # one run: it is far slower and its figure is not close
+                    r = await measure(emu, name, n, budget)
+                    if name not in best or r["jobs_per_s"] > best[name]["jobs_per_s"]:
+                        best[name] = r
+            results.extend(best[name] for name in CLIENTS)
+    rows = []
+    for r in results:
+        base = next(b for b in results if b["n"] == r["n"] and b["client"] == "raw aiohttp")
+        naive = next(b for b in results if b["n"] == r["n"] and b["client"] == "naive aiohttp")
+        rows.append(
+            [
+                f"{r['n']:,}",
+                r["client"],
+                fmt(r["jobs_per_s"]) + (f" ({r['done']:,} in budget)" if r["timed_out"] else ""),
+                ratio(r["jobs_per_s"], base["jobs_per_s"]),
+                ratio(r["jobs_per_s"], naive["jobs_per_s"]),
+                fmt(r["client_cpu_us"]),
+                ratio(r["client_cpu_us"], base["client_cpu_us"]),
+                fmt(r["server_cpu_us"]),
+                fmt(r["requests_per_job"], 2),
+            ]
+        )
+    text = table(
+        f"Fan-out throughput (zero-length jobs, poll_interval={POLL} s, "
+        f"concurrency {CONCURRENCY}; best of interleaved runs; {SERVER_NOTE})",
+        [
+            "N",
+            "client",
+            "jobs/s",
+            "vs raw",
+            "vs naive",
+            "client CPU us/job",
+            "CPU vs raw",
+            "server CPU us/job",
+            "HTTP req/job",
+        ],
+        rows,
+    )
+    emit("fanout", text, {"results": results})
+
+
+if __name__ == "__main__":
+    asyncio.run(main(parse_quick()))
