@@ -54,18 +54,21 @@ return redis.call('GET', KEYS[2])
 """
 
 # KEYS[1] pending hash, KEYS[2..] final keys; ARGV[1] ttl, ARGV[2] channel, ARGV[3] origin,
-# ARGV[4] '1' to drop the jobs from pending, then per state: id, body. Returns how many were new.
+# ARGV[4] '1' to drop the jobs from pending, then per state: id, body. Returns 1 per new state
+# (announced), 0 per known one.
 _KEEP: Final = """
-local n = 0
+local new = {}
 for k = 1, #KEYS - 1 do
   local id, body = ARGV[3 + 2 * k], ARGV[4 + 2 * k]
   if redis.call('SET', KEYS[k + 1], body, 'NX', 'EX', ARGV[1]) then
     redis.call('PUBLISH', ARGV[2], ARGV[3] .. body)
-    n = n + 1
+    new[k] = 1
+  else
+    new[k] = 0
   end
   if ARGV[4] == '1' then redis.call('HDEL', KEYS[1], id) end
 end
-return n
+return new
 """
 
 
@@ -117,6 +120,8 @@ class RedisStore(Store):
         self._keep_script: AsyncScript | None = None
         self._subscriber: asyncio.Task[None] | None = None
         self._subscribed = asyncio.Event()
+        self._batch: list[tuple[JobState, asyncio.Future[bool]]] = []
+        self._writer: asyncio.Task[None] | None = None
 
     def __repr__(self) -> str:  # the URL may carry a password
         return f"<RedisStore prefix={self.prefix!r} {'open' if self._redis else 'closed'}>"
@@ -160,6 +165,8 @@ class RedisStore(Store):
         self._listening_changed()
 
     async def _close(self) -> None:
+        if self._writer is not None:  # deliveries accepted must be written before we go
+            await asyncio.gather(self._writer, return_exceptions=True)
         task, self._subscriber = self._subscriber, None
         if task is not None:
             task.cancel()
@@ -206,7 +213,35 @@ class RedisStore(Store):
         return [(r, finals.get(r.id)) for r in records]
 
     async def record_final(self, state: JobState) -> bool:
-        return await self._keep([state], drop=False) > 0
+        # Deliveries arrive concurrently (one handler task each); they share one script call
+        # per round trip instead of one each: a single writer task drains what accumulated
+        # while its previous call was in flight. Cancelling one caller leaves the others be.
+        if not state.is_final:
+            return False
+        fut: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._batch.append((state, fut))
+        if self._writer is None:
+            self._writer = asyncio.get_running_loop().create_task(self._write_batches())
+        return await fut
+
+    async def _write_batches(self) -> None:
+        try:
+            while self._batch:
+                batch, self._batch = self._batch, []
+                try:
+                    flags = await self._keep([s for s, _ in batch], drop=False)
+                except Exception as exc:
+                    for _, fut in batch:
+                        if not fut.done():
+                            fut.set_exception(exc)
+                    continue
+                for (_, fut), flag in zip(batch, flags, strict=True):
+                    if not fut.done():
+                        fut.set_result(flag)
+        finally:
+            self._writer = None
+            for _, fut in self._batch:  # cancelled (the store closes): nobody writes these
+                fut.cancel()
 
     async def finish(self, states: Sequence[JobState], dropped: Iterable[str] = ()) -> None:
         await self._keep([s for s in states if s.is_final], drop=True)
@@ -216,25 +251,23 @@ class RedisStore(Store):
             async with self._guard("cannot drop finished jobs"):
                 await client.hdel(self._pending_key, *gone)
 
-    async def _keep(self, states: Sequence[JobState], *, drop: bool) -> int:
+    async def _keep(self, states: Sequence[JobState], *, drop: bool) -> list[bool]:
+        """Record final states; True for each that was new (and so announced)."""
         self._open_client()
         assert self._keep_script is not None  # noqa: S101 - set with the client
-        new = 0
+        new: list[bool] = []
         for start in range(0, len(states), _CHUNK):
-            chunk = [s for s in states[start : start + _CHUNK] if s.is_final]
-            if not chunk:
-                continue
+            chunk = states[start : start + _CHUNK]
             args: list[Any] = [self.final_ttl, self._channel, self.origin, "1" if drop else "0"]
             for state in chunk:
                 args += (state.id, dump_state(state))
             async with self._guard(f"cannot record the final state of job {chunk[0].id}"):
-                new += int(
-                    await self._keep_script(
-                        keys=[self._pending_key, *(self._final_key(s.id) for s in chunk)],
-                        args=args,
-                    )
+                flags = await self._keep_script(
+                    keys=[self._pending_key, *(self._final_key(s.id) for s in chunk)],
+                    args=args,
                 )
-        self.announced += new
+            new += (int(flag) == 1 for flag in flags)
+        self.announced += sum(new)
         return new
 
     async def finals(self, job_ids: Sequence[str]) -> dict[str, JobState]:
