@@ -97,26 +97,29 @@ def batch(opts: ApiOptions, file: Path, concurrency: int, out: Path, download: P
     """
     err = Console(stderr=True, highlight=False)
     todo, bad = _read_input(file)
-    finished, uncertain = _read_results(out)
+    finished = _read_results(out)
     journal_path = out.with_name(out.name + ".submitted")
     submitted = _read_journal(journal_path)
+    state = _Batch(bad=len(bad), download=download, total=len(todo))
+    uncertain = []
+    for lineno, request in todo:
+        status = finished.get(lineno)
+        if status is None:
+            state.work.append(_Item(lineno, request, submitted.get(lineno)))
+        else:  # counted, so the bar, the summary and the exit code cover the whole file
+            state.count(status)
+            if status == "uncertain":
+                uncertain.append(lineno)
     if uncertain:
         err.print(
             f"{len(uncertain)} line(s) had a submit whose answer was lost and are not retried "
             f"(the job may exist and be billed): lines {_numbers(uncertain)}"
         )
-    work: list[_Item] = []
-    for lineno, request in todo:
-        if lineno in finished:
-            continue
-        work.append(_Item(lineno, request, submitted.get(lineno)))
-    skipped = len(todo) - len(work)
-    if skipped:
-        err.print(f"resuming: {skipped} line(s) already in {out}, skipped")
+    if state.finished:
+        err.print(f"resuming: {state.finished} line(s) already in {out}, skipped")
     if download is not None:
         download.mkdir(parents=True, exist_ok=True)
-    files = any(local_files(item.request) for item in work)
-    state = _Batch(work=work, bad=len(bad), download=download)
+    files = any(local_files(item.request) for item in state.work)
     run(opts, _run(opts, state, out, journal_path, concurrency, err, files))
 
 
@@ -129,9 +132,10 @@ class _Item:
 
 @attrs.define(kw_only=True)
 class _Batch:
-    work: list[_Item]
     bad: int
     download: Path | None
+    total: int
+    work: list[_Item] = attrs.field(factory=list)
     completed: int = 0
     failed: int = 0
     errors: int = 0
@@ -141,8 +145,16 @@ class _Batch:
     def finished(self) -> int:
         return self.completed + self.failed + self.errors
 
+    def count(self, status: str) -> None:
+        if status == "completed":
+            self.completed += 1
+        elif status == "failed":
+            self.failed += 1
+        else:  # error, uncertain: not done
+            self.errors += 1
 
-def _numbers(lines: set[int] | list[int]) -> str:
+
+def _numbers(lines: list[int]) -> str:
     shown = sorted(lines)[:20]
     more = "..." if len(lines) > len(shown) else ""
     return ", ".join(map(str, shown)) + more
@@ -191,13 +203,12 @@ def _records(path: Path) -> Iterator[dict[str, Any]]:
                 yield record
 
 
-def _read_results(path: Path) -> tuple[set[int], set[int]]:
-    """Line numbers already finished (last record wins), and those of them uncertain."""
+def _read_results(path: Path) -> dict[int, str]:
+    """The status of each line already finished (its last record wins)."""
     last: dict[int, str] = {}
     for record in _records(path):
         last[record["line"]] = str(record.get("status"))
-    finished = {line for line, status in last.items() if status in _FINAL}
-    return finished, {line for line, status in last.items() if status == "uncertain"}
+    return {line: status for line, status in last.items() if status in _FINAL}
 
 
 def _read_journal(path: Path) -> dict[int, str]:
@@ -273,26 +284,31 @@ async def _run(
         TimeRemainingColumn(),
         console=err,
     )
-    total = len(batch.work)
+    total = batch.total
     try:
         with _open_append(out) as results, _open_append(journal_path) as journal, progress:
-            task = progress.add_task("batch", total=total, **_fields(batch, total))
+            task = progress.add_task(
+                "batch", total=total, completed=batch.finished, **_fields(batch, total)
+            )
 
             def advance() -> None:
                 progress.update(task, completed=batch.finished, **_fields(batch, total))
 
-            async with open_client(opts, local_files=files) as client:
-                items = iter(batch.work)
-                workers = [
-                    asyncio.create_task(_worker(client, batch, items, results, journal, advance))
-                    for _ in range(min(concurrency, max(1, total)))
-                ]
-                try:
-                    await asyncio.gather(*workers)
-                finally:
-                    for w in workers:
-                        w.cancel()
-                    await asyncio.gather(*workers, return_exceptions=True)
+            if batch.work:
+                async with open_client(opts, local_files=files) as client:
+                    items = iter(batch.work)
+                    workers = [
+                        asyncio.create_task(
+                            _worker(client, batch, items, results, journal, advance)
+                        )
+                        for _ in range(min(concurrency, len(batch.work)))
+                    ]
+                    try:
+                        await asyncio.gather(*workers)
+                    finally:
+                        for w in workers:
+                            w.cancel()
+                        await asyncio.gather(*workers, return_exceptions=True)
     except asyncio.CancelledError:
         if not batch.stop.is_set():
             raise
@@ -339,13 +355,7 @@ async def _worker(
         record = await _one(client, batch, item, journal)
         if record is None:  # interrupted while waiting: the journal lets a rerun attach
             return
-        status = record["status"]
-        if status == "completed":
-            batch.completed += 1
-        elif status == "failed":
-            batch.failed += 1
-        else:
-            batch.errors += 1
+        batch.count(record["status"])
         _write(results, record)
         advance()
 

@@ -84,6 +84,7 @@ class ApiOptions:
     base_url: str | None
     poll_interval: float
     debug: bool
+    max_retries: int = 5
     public_url: str | None = None
     listen_host: str = "127.0.0.1"
     listen_port: int = 0
@@ -112,6 +113,13 @@ def api_options(*, receiver: bool = False) -> Callable[[Callable[..., T]], Calla
             default=5.0,
             show_default=True,
             help="Seconds between status reads of a job (the service asks 5-10).",
+        ),
+        click.option(
+            "--max-retries",
+            type=click.IntRange(0, 100),
+            default=5,
+            show_default=True,
+            help="Retries of a request on transient errors (never a submit that may have landed).",
         ),
         click.option("--debug", is_flag=True, help="Show tracebacks and the SDK's debug log."),
     ]
@@ -233,6 +241,7 @@ async def open_client(
         poll_interval=opts.poll_interval,
         webhook=receiver,
         webhook_grace=max(30.0, 6 * opts.poll_interval),
+        max_retries=opts.max_retries,
         **kwargs,
     )
     async with client:
