@@ -206,7 +206,8 @@ async def _submit_async(
             click.echo(f"error: {exc}", err=True)
             return EXIT_FAILED
         except asyncio.CancelledError:
-            err.print(f"job {job.id} goes on at the service: `lipsync-async wait {job.id}`")
+            hint = f"job {job.id} goes on at the service: `lipsync-async wait {job.id}`"
+            click.echo(hint, err=True)
             raise
         path = await download_with_progress(client, state, download, err) if download else None
         if as_json:
