@@ -42,13 +42,18 @@ from .stores._link import StoreLink
 __all__ = ["DEFAULT_BASE_URL", "LipsyncClient"]
 
 DEFAULT_BASE_URL: Final = "https://lipsync.studio/api/v1"
+_MAX_NUMBER: Final = 1e15  # seconds (31 million years), requests/s or bytes: finite and sane
 
 
 def _positive(name: str, value: float, *, allow_zero: bool = False) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float) or value != value:
-        raise ValidationError(name, f"must be a number, got {value!r}")
+        raise ValidationError(name, f"must be a number, got {value!r:.40}")
     if value < 0 or (value == 0 and not allow_zero):
-        raise ValidationError(name, f"must be {'>= 0' if allow_zero else '> 0'}, got {value!r}")
+        raise ValidationError(name, f"must be {'>= 0' if allow_zero else '> 0'}, got {value!r:.40}")
+    # Infinity, 1e308 or 10**400 seconds would pass the checks above and then overflow in the
+    # scheduler's arithmetic (or float()) long after the call that took them.
+    if value > _MAX_NUMBER:
+        raise ValidationError(name, f"must be at most {_MAX_NUMBER:g}, got {value!r:.40}")
     return float(value)
 
 

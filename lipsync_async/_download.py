@@ -28,9 +28,19 @@ _FLUSH: Final = 1024 * 1024
 
 def _target(path: Path, name: str | None, url: str) -> Path:
     if path.is_dir():
-        base = name or URL(url).name or "output.mp4"
-        return path / base
+        return path / _file_name(name or URL(url).name)
     return path
+
+
+def _file_name(name: str) -> str:
+    """A plain file name from a job id or a URL's last segment, which the service chose.
+
+    yarl decodes ``%2F`` in a segment, so ``https://cdn/a%2F..%2F..%2Fx`` names ``a/../../x``:
+    only the part after the last separator is kept, and ``.``/``..``/empty become the default,
+    so the file always lands inside the directory the caller gave.
+    """
+    base = name.replace("\\", "/").rsplit("/", 1)[-1].replace("\0", "")
+    return base if base not in ("", ".", "..") else "output.mp4"
 
 
 def _open_temp(dest: Path) -> tuple[Path, BinaryIO]:

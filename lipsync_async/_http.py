@@ -52,6 +52,7 @@ USER_AGENT: Final = (
     f"lipsync-async/{__version__} aiohttp/{aiohttp.__version__} python/{platform.python_version()}"
 )
 _MAX_RETRY_AFTER: Final = 300.0  # a hostile or broken Retry-After must not park us for a day
+_MAX_ERROR_BODY: Final = 64 * 1024  # what a download's error answer may put in memory
 
 
 class RetryPolicy:
@@ -65,7 +66,8 @@ class RetryPolicy:
         self.cap = cap
 
     def delay(self, attempt: int, retry_after: float | None = None) -> float:
-        jitter = random.uniform(0.0, min(self.cap, self.base * (2.0**attempt)))
+        # 2.0**attempt overflows past attempt 1023 (max_retries may be any int): cap it first.
+        jitter = random.uniform(0.0, min(self.cap, self.base * (2.0 ** min(attempt, 64))))
         if retry_after is not None:
             # The service said when: wait at least that long, spread a little so a burst of
             # paused requests does not come back in lockstep.
@@ -111,7 +113,7 @@ def error_for_status(
     message = ""
     try:
         data = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: deeply nested
         data = None
     if isinstance(data, dict):
         err = data.get("error") or data.get("message")
@@ -280,6 +282,7 @@ class Transport:
             await self._gate()
             error: Exception
             retry_after: float | None = None
+            unusable: str | None = None
             async with self._sem:
                 self.requests_sent += 1
                 try:
@@ -313,11 +316,20 @@ class Transport:
                         f"{method} {self._path(url)}: connection lost ({type(exc).__name__})"
                     )
                     error.__cause__ = exc
+                except aiohttp.ClientError as exc:
+                    # A redirect loop, a redirect off http(s) (TooManyRedirects,
+                    # NonHttpUrlRedirectClientError...): the service answered, not with an
+                    # answer, and asking again will not change that. Raised below, outside this
+                    # block and unchained: a ClientResponseError's repr carries the request's
+                    # headers, the API key among them.
+                    unusable = f"{method} {self._path(url)}: {type(exc).__name__}"
                 else:
-                    if status < 400:
-                        return status, raw
+                    # Before any use of the body, success included: an answer that echoes our
+                    # headers (a proxy, a debug endpoint) must not carry the key into an error.
                     if self._redact and self._redact in raw:
                         raw = raw.replace(self._redact, b"sk_***")
+                    if status < 400:
+                        return status, raw
                     error = error_for_status(status, raw, job_id=job_id, retry_after=retry_after)
                     if status == 429:
                         self.rate_limited += 1
@@ -329,6 +341,10 @@ class Transport:
                             # A 500/502/504 may come after the job was created: not ours to guess.
                             raise SubmissionUncertainError(submit, f"HTTP {status}") from error
                         raise error
+            if unusable is not None:
+                if submit is not None:
+                    raise SubmissionUncertainError(submit, unusable)
+                raise APIConnectionError(unusable)
             if attempt >= self.retry.max_retries:
                 raise error
             delay = self.retry.delay(attempt, retry_after)
@@ -365,7 +381,8 @@ class Transport:
                     error.__cause__ = exc
                 except aiohttp.ClientError as exc:
                     error = APIConnectionError(f"download: {type(exc).__name__} from {target.host}")
-                    error.__cause__ = exc
+                    if not isinstance(exc, aiohttp.ClientResponseError):
+                        error.__cause__ = exc  # (that one's repr carries the request's headers)
                 else:
                     if resp.status < 400:
                         try:
@@ -373,8 +390,19 @@ class Transport:
                         finally:
                             resp.release()
                         return
-                    raw = await resp.read()
+                    # An error page from any host: only its start, whatever its size, and never
+                    # an echo of the key.
+                    raw = b""
+                    try:
+                        while len(raw) < _MAX_ERROR_BODY and (
+                            chunk := await resp.content.read(_MAX_ERROR_BODY - len(raw))
+                        ):
+                            raw += chunk
+                    except (aiohttp.ClientError, TimeoutError):
+                        pass  # the status is the error; its page is a courtesy
                     resp.release()
+                    if self._redact and self._redact in raw:
+                        raw = raw.replace(self._redact, b"sk_***")
                     if resp.status == 429 or resp.status >= 500:
                         retry_after = parse_retry_after(resp.headers.get("Retry-After"))
                     error = error_for_status(resp.status, raw, retry_after=retry_after)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import heapq
+import json
 import logging
 import random
 from collections import OrderedDict, deque
@@ -26,7 +27,7 @@ from urllib.parse import quote
 from ._errors import APIError, AuthenticationError, LipsyncError, NotFoundError
 from ._job import Job, JobOwner
 from ._models import JobState
-from ._wire import loads_object, parse_job_state
+from ._wire import loads_object, parse_job_state, state_to_wire
 
 if TYPE_CHECKING:
     from ._http import Transport
@@ -36,6 +37,7 @@ __all__ = ["Tracker"]
 log = logging.getLogger("lipsync_async")
 
 _TICK: Final = 0.02  # calendar resolution, seconds
+_GRAIN: Final = 1.0 / 1024  # long delays are rounded up to this fraction of themselves
 _READING: Final = -1.0  # job.due while a read is in flight
 _SAFE_ID: Final = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.")
 
@@ -54,7 +56,9 @@ class Tracker(JobOwner):
         "_buckets",
         "_closed",
         "_early",
+        "_early_bytes",
         "_early_max",
+        "_early_max_bytes",
         "_early_ttl",
         "_heap",
         "_jitter",
@@ -81,6 +85,7 @@ class Tracker(JobOwner):
         jitter: float = 0.2,
         early_max: int = 10_000,
         early_ttl: float = 300.0,
+        early_max_bytes: int = 16 * 1024 * 1024,
     ) -> None:
         self._transport = transport
         self.poll_interval = poll_interval
@@ -95,9 +100,11 @@ class Tracker(JobOwner):
         self._scheduler: asyncio.Task[None] | None = None
         self._sleeper: asyncio.Future[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._early: OrderedDict[str, tuple[float, JobState]] = OrderedDict()
+        self._early: OrderedDict[str, tuple[float, bytes]] = OrderedDict()
         self._early_max = early_max
         self._early_ttl = early_ttl
+        self._early_max_bytes = early_max_bytes
+        self._early_bytes = 0
         self._closed = False
         self.reads = 0  # status reads made (a benchmark figure)
         self.on_final: Callable[[Job], None] | None = None
@@ -123,6 +130,7 @@ class Tracker(JobOwner):
         self._heap.clear()
         self._queue.clear()
         self._early.clear()
+        self._early_bytes = 0
         jobs, self._jobs = self._jobs, {}
         for job in jobs.values():
             job._fail(
@@ -174,7 +182,14 @@ class Tracker(JobOwner):
     def _schedule_in(self, job: Job, delay: float) -> None:
         # Jitter only lengthens an interval: reads per job stay <= ceil(duration / interval),
         # and 10,000 jobs submitted together spread out instead of polling in lockstep.
-        self._schedule_at(job, self._now() + delay * (1.0 + self._jitter * random.random()))
+        due = self._now() + delay * (1.0 + self._jitter * random.random())
+        # Long delays (the 600 s webhook grace, slow polls) snap up to a grain of delay/1024:
+        # the jitter still spreads jobs over ~200 buckets, but 100,000 jobs share those
+        # instead of each owning a 20 ms bucket (a list, a dict slot, a heap key: ~140 B/job).
+        grain = delay * _GRAIN
+        if grain > _TICK:
+            due = (int(due / grain) + 1) * grain
+        self._schedule_at(job, due)
 
     def _schedule_at(self, job: Job, due: float) -> None:
         if self._closed:
@@ -219,21 +234,43 @@ class Tracker(JobOwner):
                 self.on_final(job)
 
     def _keep_early(self, state: JobState) -> None:
+        # Held as compact JSON, not as the parsed JobState: these are deliveries for ids nobody
+        # here tracks, so anyone with the receiver's secret can send them, and a 64 KiB body
+        # of free-form ``timings`` parses into objects tens of times its size. Bounded by
+        # count and by bytes; oldest (and expired) first out.
+        try:
+            blob = json.dumps(state_to_wire(state), separators=(",", ":")).encode()
+        except (ValueError, TypeError, RecursionError):
+            return  # not representable: polling resolves its job, if it is ours
+        if len(blob) > self._early_max_bytes:
+            return
         now = self._now()
         early = self._early
-        while early:  # drop expired entries, oldest first
-            oldest = next(iter(early.values()))
-            if oldest[0] > now and len(early) < self._early_max:
+        replaced = early.pop(state.id, None)  # re-inserted at the end: the order stays by age
+        if replaced is not None:
+            self._early_bytes -= len(replaced[1])
+        while early:
+            key, (expires, held) = next(iter(early.items()))
+            if (
+                expires > now
+                and len(early) < self._early_max
+                and self._early_bytes + len(blob) <= self._early_max_bytes
+            ):
                 break
-            early.popitem(last=False)
-        early[state.id] = (now + self._early_ttl, state)
+            del early[key]
+            self._early_bytes -= len(held)
+        early[state.id] = (now + self._early_ttl, blob)
+        self._early_bytes += len(blob)
 
     def _match_early(self, job: Job) -> bool:
         held = self._early.pop(job.id, None)
-        if held is None or held[0] < self._now():
+        if held is None:
+            return False
+        self._early_bytes -= len(held[1])
+        if held[0] < self._now():
             return False
         log.debug("job %s: matched a delivery that arrived before its submit answer", job.id)
-        self._apply(job, held[1])
+        self._apply(job, parse_job_state(json.loads(held[1])))
         return True
 
     # -- polling -----------------------------------------------------------------------------

@@ -321,7 +321,7 @@ class WebhookReceiver:
                 return _reply(413, f"body over {self.max_body} bytes")
         try:
             data = json.loads(body)
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: too deep
             return _reply(400, "body is not JSON")
         if not isinstance(data, dict):
             return _reply(400, "body is not a JSON object")

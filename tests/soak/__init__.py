@@ -1,0 +1,1 @@
+"""Long runs under every fault at once (marked ``slow``; also runnable as scripts)."""
