@@ -577,3 +577,14 @@ def test_infinite_or_huge_durations_are_validation_errors() -> None:
             with pytest.raises(ValidationError) as info:
                 LipsyncClient("sk_x", **kwargs)
             assert info.value.field == name
+
+
+async def test_emulator_and_receiver_listen_on_loopback_by_default() -> None:
+    """The emulator (a server that accepts any request with its printed key) and the receiver
+    bind 127.0.0.1 unless told otherwise: nothing is reachable from another machine."""
+    async with FakeLipsyncServer() as fake, WebhookReceiver(on_delivery=lambda s: None) as rx:
+        assert fake.host == "127.0.0.1" and fake.base_url.startswith("http://127.0.0.1:")
+        assert rx.host == "127.0.0.1" and rx.url.startswith("http://127.0.0.1:")
+        assert rx._runner is not None
+        hosts = {addr[0] for addr in rx._runner.addresses}
+        assert hosts == {"127.0.0.1"}
