@@ -63,7 +63,9 @@ def chart(results: dict[str, Any], path: Path) -> None:
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
     fan = results.get("fanout", {}).get("results", [])
     for client in ("raw aiohttp", "SDK", "naive aiohttp", "naive httpx"):
-        pts = sorted((r["n"], r["jobs_per_s"]) for r in fan if r["client"] == client)
+        pts = sorted(
+            (r["n"], r["jobs_per_s"]) for r in fan if r["client"] == client and "jobs_per_s" in r
+        )
         if pts:
             ax1.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=client)
     ax1.set_xscale("log")
