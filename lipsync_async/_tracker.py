@@ -219,19 +219,19 @@ class Tracker(JobOwner):
 
     def _apply(self, job: Job, state: JobState) -> None:
         if job._update(state):
-            if self._jobs.get(job.id) is job:
-                del self._jobs[job.id]
-            job.due = 0.0
-            if self.on_final is not None:
-                self.on_final(job)
+            self._finished(job)
 
     def fail(self, job: Job, error: LipsyncError) -> None:
         if job._fail(error):
-            if self._jobs.get(job.id) is job:
-                del self._jobs[job.id]
-            job.due = 0.0
-            if self.on_final is not None:
-                self.on_final(job)
+            self._finished(job)
+
+    def _finished(self, job: Job) -> None:
+        """The job just got its outcome: stop tracking it and tell the store, if any."""
+        if self._jobs.get(job.id) is job:
+            del self._jobs[job.id]
+        job.due = 0.0
+        if self.on_final is not None:
+            self.on_final(job)
 
     def _keep_early(self, state: JobState) -> None:
         # Held as compact JSON, not as the parsed JobState: these are deliveries for ids nobody
