@@ -209,7 +209,7 @@ async def measure(emu: Emulator, side: str, mode: str, m: int) -> dict[str, Any]
         emu.api_key,
     ]
     proc = await asyncio.create_subprocess_exec(
-        *args, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE
+        *args, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, limit=2**26
     )
     assert proc.stdin is not None
     assert proc.stdout is not None

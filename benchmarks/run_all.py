@@ -106,6 +106,9 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="small sizes, about a minute")
     parser.add_argument("--write", action="store_true", help="with --quick: write RESULTS.md")
     parser.add_argument("--only", nargs="*", help="run only these (fanout, memory, ...)")
+    parser.add_argument(
+        "--resume", metavar="DIR", help="keep results DIR holds (<name>.json), run the others"
+    )
     args = parser.parse_args()
     write = args.write or not args.quick
     results: dict[str, Any] = {}
@@ -113,10 +116,18 @@ def main() -> int:
     failed: list[str] = []
     load_before = os.getloadavg()
     started = time.perf_counter()
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as scratch:
+        tmp = args.resume or scratch
         env = {**os.environ, "BENCH_RESULTS_DIR": tmp, "PYTHONUNBUFFERED": "1"}
         for name, script, limit in BENCHMARKS:
             if args.only and name not in args.only:
+                continue
+            saved = Path(tmp, f"{name}.json")
+            if args.resume and saved.exists():
+                out = json.loads(saved.read_text())
+                results[name] = out["data"]
+                texts.append(out["text"])
+                print(f"== {script}: kept from {tmp}", flush=True)
                 continue
             cmd = [sys.executable, str(HERE / script)] + (["--quick"] if args.quick else [])
             print(f"== {script}{' --quick' if args.quick else ''}", flush=True)
@@ -138,6 +149,8 @@ def main() -> int:
         command = ".venv/bin/python benchmarks/run_all.py" + (
             " --quick --write" if args.quick else ""
         )
+        if args.resume:
+            command += " (assembled with --resume DIR: see the last note)"
         header = [
             "# Benchmark results",
             "",
