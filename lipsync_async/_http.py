@@ -182,7 +182,12 @@ class Transport:
         self._api_key = api_key
         self._borrowed = session
         self._session: aiohttp.ClientSession | None = session
-        self._timeout = aiohttp.ClientTimeout(
+        # API calls answer small JSON: one deadline per attempt (a single timer) is cheaper
+        # than a socket-read timeout that aiohttp re-arms per chunk. The clock starts after
+        # our in-flight bound admits the request, so queueing never counts against it.
+        # Downloads stream large bodies: for them, a stall (no byte for `timeout`) is the limit.
+        self._timeout = aiohttp.ClientTimeout(total=timeout, sock_connect=connect_timeout)
+        self._stream_timeout = aiohttp.ClientTimeout(
             total=None, sock_connect=connect_timeout, sock_read=timeout
         )
         self.retry = retry or RetryPolicy()
@@ -370,7 +375,9 @@ class Transport:
             retry_after: float | None = None
             async with self._sem:
                 try:
-                    resp = await self.session.get(target, headers=headers, timeout=self._timeout)
+                    resp = await self.session.get(
+                        target, headers=headers, timeout=self._stream_timeout
+                    )
                 except aiohttp.ClientConnectorError as exc:
                     error: Exception = APIConnectionError(
                         f"download: cannot connect to {target.host}"
