@@ -42,6 +42,7 @@ from ._errors import (
     excerpt,
 )
 from ._models import Request
+from ._pacing import Pacer
 from ._version import __version__
 
 __all__ = ["RetryPolicy", "Stream", "Transport", "error_for_status", "parse_retry_after"]
@@ -193,9 +194,7 @@ class Transport:
         self.retry = retry or RetryPolicy()
         self.max_in_flight = max_in_flight
         self._sem = asyncio.Semaphore(max_in_flight)
-        self._interval = 1.0 / rate_limit if rate_limit else 0.0
-        self._next_slot = 0.0
-        self._pause_until = 0.0
+        self._pacer = Pacer(rate_limit)
         self._headers: Final = {
             "Authorization": f"Bearer {api_key}",
             "User-Agent": USER_AGENT,
@@ -237,29 +236,12 @@ class Transport:
 
     def pause(self, seconds: float) -> None:
         """Hold every request of this client for ``seconds`` (a 429's ``Retry-After``)."""
-        now = asyncio.get_running_loop().time()
-        until = now + seconds
-        if until > self._pause_until:
-            # One warning per pause, not one per 429 of a storm: extensions go to debug.
-            level = logging.WARNING if self._pause_until <= now else logging.DEBUG
-            self._pause_until = until
-            log.log(level, "rate limited: pausing all requests for %.2f s", seconds)
+        if self._pacer.limited(asyncio.get_running_loop().time(), seconds):
+            # One warning per pause, not one per 429 of a storm.
+            log.warning("rate limited: pausing all requests for %.2f s", seconds)
 
     async def _gate(self) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            now = loop.time()
-            if self._pause_until > now:
-                await asyncio.sleep(self._pause_until - now)
-                continue
-            if self._interval:
-                slot = max(now, self._next_slot)
-                self._next_slot = slot + self._interval
-                if slot > now:
-                    await asyncio.sleep(slot - now)
-                    if self._pause_until > loop.time():
-                        continue  # a 429 arrived while we waited for our slot
-            return
+        await self._pacer.wait()
 
     # -- the two calls -----------------------------------------------------------------------
 
@@ -284,11 +266,13 @@ class Transport:
         headers = self._post_headers if body is not None else self._headers
         attempt = 0
         while True:
-            await self._gate()
             error: Exception
             retry_after: float | None = None
             unusable: str | None = None
             async with self._sem:
+                # Paced inside the in-flight bound: a request admitted before a 429 arrived
+                # must still honour the pause it set, not go out with the next wave.
+                await self._gate()
                 self.requests_sent += 1
                 try:
                     async with session.request(
@@ -333,6 +317,8 @@ class Transport:
                     # headers (a proxy, a debug endpoint) must not carry the key into an error.
                     if self._redact and self._redact in raw:
                         raw = raw.replace(self._redact, b"sk_***")
+                    if status != 429:
+                        self._pacer.accepted(asyncio.get_running_loop().time())
                     if status < 400:
                         return status, raw
                     error = error_for_status(status, raw, job_id=job_id, retry_after=retry_after)
@@ -371,9 +357,9 @@ class Transport:
         headers = self._headers if same_origin else {"User-Agent": USER_AGENT}
         attempt = 0
         while True:
-            await self._gate()
             retry_after: float | None = None
             async with self._sem:
+                await self._gate()
                 try:
                     resp = await self.session.get(
                         target, headers=headers, timeout=self._stream_timeout

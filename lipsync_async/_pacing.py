@@ -1,0 +1,108 @@
+"""Request pacing: the client-wide 429 pause and the spacing of requests.
+
+With ``rate_limit=R`` the client spaces requests ``1/R`` apart, period. Without it, the client
+learns a rate from the service. A 429 opens an *episode*; from its second second on, each 429
+sets the pace to 95% of what the service accepted since the episode began (pauses included:
+that is the rate it really sustains, where a one-second sample would count the burst a refilled
+token bucket lets through after each pause). Every calm second raises the pace by a fifth,
+until it falls away. This keeps a fan-out from answering each ``Retry-After`` with a new wave
+of 429s (every request that waited out the pause going at once), without any setting.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Final
+
+__all__ = ["Pacer"]
+
+log = logging.getLogger("lipsync_async")
+
+_SHARE: Final = 0.95  # pace at this share of the rate the service sustained
+_SPEEDUP: Final = 1.2  # ...and raise it by this factor
+_CALM: Final = 1.0  # ...every this many seconds without a 429
+_EPISODE_END: Final = 10.0  # seconds without a 429 that close an episode
+_MIN_RATE: Final = 0.5  # requests/s: never slower than this
+_UNPACED: Final = 5000.0  # requests/s: above this, learned pacing is dropped
+
+
+class Pacer:
+    """When the next request may go: after any 429 pause, and in its rate slot."""
+
+    __slots__ = (
+        "_accepted",
+        "_episode_accepted",
+        "_episode_start",
+        "_fixed",
+        "_last_429",
+        "_next_slot",
+        "_sped_up",
+        "interval",
+        "pause_until",
+    )
+
+    def __init__(self, rate_limit: float | None = None) -> None:
+        self._fixed = rate_limit is not None
+        self.interval = 1.0 / rate_limit if rate_limit else 0.0
+        self._next_slot = 0.0
+        self.pause_until = 0.0
+        self._accepted = 0  # answers other than 429, ever
+        self._episode_start: float | None = None
+        self._episode_accepted = 0
+        self._last_429 = float("-inf")
+        self._sped_up = float("-inf")
+
+    @property
+    def rate(self) -> float | None:
+        """The current pacing in requests/s (``None``: unpaced)."""
+        return 1.0 / self.interval if self.interval else None
+
+    def accepted(self, now: float) -> None:
+        """The service answered something other than 429."""
+        self._accepted += 1
+        if self._fixed or not self.interval:
+            return
+        if now - self._last_429 >= _CALM and now - self._sped_up >= _CALM:
+            rate = _SPEEDUP / self.interval
+            self.interval = 0.0 if rate >= _UNPACED else 1.0 / rate
+            self._sped_up = now
+
+    def limited(self, now: float, pause: float) -> bool:
+        """A 429 came back; hold everyone ``pause`` seconds. True if a new pause began."""
+        started = self.pause_until <= now
+        self.pause_until = max(self.pause_until, now + pause)
+        last, self._last_429 = self._last_429, now
+        if self._fixed:
+            return started
+        if self._episode_start is None or now - last >= _EPISODE_END:
+            self._episode_start = now
+            self._episode_accepted = self._accepted
+            return started
+        elapsed = now - self._episode_start
+        if elapsed < 1.0:
+            return started
+        sustained = (self._accepted - self._episode_accepted) / elapsed
+        rate = max(_MIN_RATE, sustained * _SHARE)
+        if self.interval and rate > 1.0 / self.interval:
+            return started  # already slower than that: keep the pace
+        self.interval = 1.0 / rate
+        log.debug("rate limited: pacing at %.1f requests/s", rate)
+        return started
+
+    async def wait(self) -> None:
+        """Return when this request may go."""
+        loop = asyncio.get_running_loop()
+        while True:
+            now = loop.time()
+            if self.pause_until > now:
+                await asyncio.sleep(self.pause_until - now)
+                continue
+            if self.interval:
+                slot = max(now, self._next_slot)
+                self._next_slot = slot + self.interval
+                if slot > now:
+                    await asyncio.sleep(slot - now)
+                    if self.pause_until > loop.time():
+                        continue  # a 429 arrived while we waited for our slot
+            return
