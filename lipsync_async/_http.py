@@ -240,8 +240,6 @@ class Transport:
             # One warning per pause, not one per 429 of a storm.
             log.warning("rate limited: pausing all requests for %.2f s", seconds)
 
-    async def _gate(self) -> None:
-        await self._pacer.wait()
 
     # -- the two calls -----------------------------------------------------------------------
 
@@ -272,7 +270,7 @@ class Transport:
             async with self._sem:
                 # Paced inside the in-flight bound: a request admitted before a 429 arrived
                 # must still honour the pause it set, not go out with the next wave.
-                await self._gate()
+                await self._pacer.wait()
                 self.requests_sent += 1
                 try:
                     async with session.request(
@@ -359,7 +357,7 @@ class Transport:
         while True:
             retry_after: float | None = None
             async with self._sem:
-                await self._gate()
+                await self._pacer.wait()
                 try:
                     resp = await self.session.get(
                         target, headers=headers, timeout=self._stream_timeout

@@ -93,6 +93,8 @@ class Pacer:
     async def wait(self) -> None:
         """Return when this request may go."""
         loop = asyncio.get_running_loop()
+        if not self.interval and self.pause_until <= loop.time():
+            return  # the common case: unpaced, no pause
         while True:
             now = loop.time()
             if self.pause_until > now:
