@@ -88,7 +88,18 @@ async def main(args: argparse.Namespace) -> None:
             emit("resumed", ids=[j.id for j in jobs], done=[j.id for j in jobs if j.done()])
         await settle(client, jobs, args.timeout)
         if args.linger:  # keep the receiver up for the other worker's deliveries
-            await asyncio.sleep(args.linger)
+            # ...and keep reporting what this worker announced: the other worker's deliveries
+            # may still be landing here after this worker's own jobs resolved.
+            link_store = client._store_link.store if client._store_link is not None else None
+            loop = asyncio.get_running_loop()
+            until = loop.time() + args.linger
+            while loop.time() < until:
+                emit(
+                    "stats",
+                    announced=getattr(link_store, "announced", 0),
+                    routed=getattr(link_store, "routed", 0),
+                )
+                await asyncio.sleep(0.1)
 
 
 if __name__ == "__main__":
