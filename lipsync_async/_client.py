@@ -30,6 +30,7 @@ from ._models import (
     Order,
     Request,
     Resolution,
+    check_job_id,
     check_url,
     local_media,
 )
@@ -429,8 +430,7 @@ class LipsyncClient:
         No request is made until the job is awaited; a delivery to this client's receiver
         resolves it meanwhile.
         """
-        if not isinstance(job_id, str) or not job_id.strip():
-            raise ValidationError("job_id", f"must be a non-empty string, got {job_id!r}")
+        check_job_id(job_id)
         self._check_open()
         job = self._tracker.get(job_id)
         if job is None:
@@ -440,8 +440,7 @@ class LipsyncClient:
 
     async def get_job(self, job_id: str) -> JobState:
         """One status read. A tracked job with that id takes the state too."""
-        if not isinstance(job_id, str) or not job_id.strip():
-            raise ValidationError("job_id", f"must be a non-empty string, got {job_id!r}")
+        check_job_id(job_id)
         self._check_open()
         state = await self._tracker.fetch(job_id)
         self._tracker.deliver(state)

@@ -32,6 +32,7 @@ __all__ = [
     "LipsyncVideoRequest",
     "Request",
     "check_file",
+    "check_job_id",
     "check_media",
     "check_url",
     "local_media",
@@ -83,6 +84,19 @@ class JobState:
     def is_final(self) -> bool:
         """True once the job completed or failed."""
         return self.status.is_final
+
+
+def check_job_id(value: object, field: str = "job_id") -> str:
+    """Return ``value`` if it can be a job id: a non-blank string that UTF-8 can carry."""
+    if not isinstance(value, str) or not value.strip():
+        raise ValidationError(field, f"must be a non-empty string, got {value!r:.60}")
+    if len(value) > 256:
+        raise ValidationError(field, f"is {len(value)} characters long; job ids are short")
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        raise ValidationError(field, f"is not valid text: {value!r:.60}") from None
+    return value
 
 
 def check_url(field: str, value: object) -> str:

@@ -23,6 +23,7 @@ from ._models import (
     LipsyncImageRequest,
     LipsyncVideoRequest,
     Request,
+    check_job_id,
     local_media,
 )
 
@@ -135,6 +136,7 @@ def _structure_state(data: Any, _: type[JobState]) -> JobState:
     job_id = data.get("id")
     if not isinstance(job_id, str) or not job_id:
         raise ValueError("a job state needs a non-empty string 'id'")
+    check_job_id(job_id, "id")  # a ValueError too: text UTF-8 can carry, of a sane length
     status = data.get("status")
     if not isinstance(status, str) or not status:
         raise ValueError("a job state needs a string 'status'")
@@ -189,4 +191,8 @@ def parse_submit_answer(raw: bytes, status: int) -> str:
     job_id = data.get("id")
     if not isinstance(job_id, str) or not job_id:
         raise APIError("the submit answer has no job 'id'", status=status, body=excerpt(raw))
+    try:
+        check_job_id(job_id, "id")
+    except ValidationError as exc:
+        raise APIError(f"the submit answer's job {exc}", status=status, body=excerpt(raw)) from None
     return job_id

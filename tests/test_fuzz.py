@@ -50,7 +50,7 @@ from lipsync_async._wire import dump_request, loads_object, parse_job_state, par
 from lipsync_async.testing import FakeLipsyncServer
 
 from ._rawserver import RawServer
-from .conftest import AUDIO, IMAGE
+from .conftest import AUDIO, IMAGE, ClientFactory
 
 T = TypeVar("T")
 
@@ -589,3 +589,17 @@ async def test_emulator_and_receiver_listen_on_loopback_by_default() -> None:
         assert rx._runner is not None
         hosts = {addr[0] for addr in rx._runner.addresses}
         assert hosts == {"127.0.0.1"}
+
+
+async def test_unencodable_job_ids_are_refused(make_client: ClientFactory) -> None:
+    """A job id UTF-8 cannot carry (a lone surrogate) is a ValidationError on attach and read,
+    and an APIError in an answer: never a job rescheduled forever on an encoding error."""
+    client = await make_client()
+    with pytest.raises(ValidationError, match="job_id"):
+        client.job("\ud800")
+    with pytest.raises(ValidationError, match="job_id"):
+        await client.get_job("x" * 300)
+    with pytest.raises(APIError, match="not valid text"):
+        parse_submit_answer(b'{"id": "\\ud800", "status": "processing"}', 200)
+    with pytest.raises(APIError):
+        parse_job_state({"id": "\ud800", "status": "completed"})

@@ -115,7 +115,7 @@ def test_parse_arbitrary_objects(data: dict[str, Any]) -> None:
 
 states = st.builds(
     JobState,
-    id=st.text(min_size=1),
+    id=st.text(min_size=1, max_size=64).filter(str.strip),
     status=st.sampled_from(["processing", "completed", "failed", "queued"]).map(JobStatus),
     model=st.none() | st.text(),
     output=st.none() | st.text(),
