@@ -240,7 +240,6 @@ class Transport:
             # One warning per pause, not one per 429 of a storm.
             log.warning("rate limited: pausing all requests for %.2f s", seconds)
 
-
     # -- the two calls -----------------------------------------------------------------------
 
     async def submit(self, endpoint: str, body: bytes, request: Request) -> tuple[int, bytes]:
