@@ -18,7 +18,7 @@ import attrs
 from yarl import URL
 
 from ._download import download_to
-from ._errors import JobTimeoutError, SubmissionUncertainError, ValidationError
+from ._errors import APIError, JobTimeoutError, SubmissionUncertainError, ValidationError
 from ._http import RetryPolicy, Transport
 from ._job import Job
 from ._models import (
@@ -207,18 +207,24 @@ class LipsyncClient:
         if self._loop is None or self._closing:
             return
         self._closing = True
+        # Each step in its own `finally`: a close cancelled halfway (a second Ctrl-C, an outer
+        # timeout) still ends every wait and closes the session.
         try:
             if self._receiver is not None:
                 self._receiver._unbind(self._tracker)  # deliveries now get 503: retried later
                 if self._started_receiver:
                     self._started_receiver = False
                     await self._receiver.close()
-            await self._tracker.close()
         finally:
-            if self._store_link is not None:
-                await self._store_link.close()  # buffered final states first
-            await self._transport.close()
-            self._loop = None
+            try:
+                await self._tracker.close()
+            finally:
+                try:
+                    if self._store_link is not None:
+                        await self._store_link.close()  # buffered final states first
+                finally:
+                    await self._transport.close()
+                    self._loop = None
 
     def _check_open(self) -> None:
         if self._loop is None or self._closing:
@@ -272,7 +278,13 @@ class LipsyncClient:
         receiver_url = self._receiver.url if self._receiver is not None else None
         body = dump_request(request, receiver_url)
         status, raw = await self._transport.submit(request.endpoint, body, request)
-        job_id = parse_submit_answer(raw, status)
+        try:
+            job_id = parse_submit_answer(raw, status)
+        except APIError as exc:
+            # A 2xx means the service took the request: a job almost surely exists, and a
+            # caller retrying on APIError would pay twice. The APIError (what came back) is
+            # the cause.
+            raise SubmissionUncertainError(request, f"unreadable answer: {exc}") from exc
         link = self._store_link
         recorded = await link.record_submit(job_id, request) if link is not None else None
         tracker = self._tracker

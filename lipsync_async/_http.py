@@ -270,6 +270,8 @@ class Transport:
                 # Paced inside the in-flight bound: a request admitted before a 429 arrived
                 # must still honour the pause it set, not go out with the next wave.
                 await self._pacer.wait()
+                if session.closed:  # the client closed while this request waited its turn
+                    raise APIConnectionError(f"{method} {self._path(url)}: the client was closed")
                 self.requests_sent += 1
                 try:
                     async with session.request(

@@ -39,6 +39,7 @@ log = logging.getLogger("lipsync_async")
 _TICK: Final = 0.02  # calendar resolution, seconds
 _GRAIN: Final = 1.0 / 1024  # long delays are rounded up to this fraction of themselves
 _READING: Final = -1.0  # job.due while a read is in flight
+_RECENT_MAX: Final = 10_000
 _SAFE_ID: Final = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.")
 
 
@@ -55,6 +56,7 @@ class Tracker(JobOwner):
     __slots__ = (
         "_buckets",
         "_closed",
+        "_closed_reason",
         "_early",
         "_early_bytes",
         "_early_max",
@@ -67,6 +69,7 @@ class Tracker(JobOwner):
         "_max_readers",
         "_queue",
         "_readers",
+        "_recent",
         "_scheduler",
         "_sleeper",
         "_transport",
@@ -106,6 +109,10 @@ class Tracker(JobOwner):
         self._early_max_bytes = early_max_bytes
         self._early_bytes = 0
         self._closed = False
+        self._closed_reason = "the client was closed"
+        # Ids of jobs finished lately: their duplicate deliveries (and a store's echo of their
+        # own outcome) are acknowledged without a trip through the early-delivery buffer.
+        self._recent: dict[str, None] = {}
         self.reads = 0  # status reads made (a benchmark figure)
         self.on_final: Callable[[Job], None] | None = None
 
@@ -117,13 +124,16 @@ class Tracker(JobOwner):
         self._scheduler = self._loop.create_task(self._schedule(), name="lipsync-scheduler")
 
     async def close(self, reason: str = "the client was closed") -> None:
-        """Stop polling, end reader tasks, and end pending jobs' waits with a clear error."""
+        """Stop polling, end reader tasks, and end pending jobs' waits with a clear error.
+
+        Everything but the final wait for the tasks happens before the first ``await``, so a
+        close that is itself cancelled still leaves no waiter hanging.
+        """
         self._closed = True
+        self._closed_reason = reason
         tasks = [t for t in (self._scheduler, *self._readers) if t is not None]
         for task in tasks:
             task.cancel()
-        if tasks:
-            await asyncio.gather(*tasks, return_exceptions=True)
         self._scheduler = None
         self._readers.clear()
         self._buckets.clear()
@@ -133,11 +143,19 @@ class Tracker(JobOwner):
         self._early_bytes = 0
         jobs, self._jobs = self._jobs, {}
         for job in jobs.values():
-            job._fail(
-                LipsyncError(
-                    f"{reason} before job {job.id} finished; attach again with client.job(id)"
-                )
+            self._refuse(job)
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    def _refuse(self, job: Job) -> None:
+        """End a job's wait because this tracker is closed (or closing)."""
+        job.due = 0.0
+        job._fail(
+            LipsyncError(
+                f"{self._closed_reason} before job {job.id} finished; "
+                "attach again with client.job(id)"
             )
+        )
 
     @property
     def pending(self) -> int:
@@ -151,6 +169,9 @@ class Tracker(JobOwner):
 
     def track(self, job: Job, *, webhook: bool) -> None:
         """Track a freshly submitted job; its first read is due after a poll or the grace."""
+        if self._closed:  # a submit whose answer came back while the client closed
+            self._refuse(job)
+            return
         self._jobs[job.id] = job
         if self._match_early(job):
             return
@@ -159,12 +180,17 @@ class Tracker(JobOwner):
 
     def attach(self, job: Job) -> None:
         """Know ``job`` (deliveries will resolve it) without reading it until someone waits."""
-        if job.id not in self._jobs:
+        if self._closed:
+            self._refuse(job)
+        elif job.id not in self._jobs:
             self._jobs[job.id] = job
             self._match_early(job)
 
     def _job_awaited(self, job: Job) -> None:
         if job.due == 0.0 and not job.done():
+            if self._closed:
+                self._refuse(job)
+                return
             self._jobs.setdefault(job.id, job)
             self._schedule_at(job, self._now())
 
@@ -211,6 +237,8 @@ class Tracker(JobOwner):
         """Apply a delivered state. True if a tracked job took it (or already had it)."""
         job = self._jobs.get(state.id)
         if job is None:
+            if state.id in self._recent:
+                return True  # a duplicate (or a store's echo) of an outcome we already have
             if state.is_final:
                 self._keep_early(state)
             return False
@@ -230,6 +258,10 @@ class Tracker(JobOwner):
         if self._jobs.get(job.id) is job:
             del self._jobs[job.id]
         job.due = 0.0
+        recent = self._recent
+        recent[job.id] = None
+        if len(recent) > _RECENT_MAX:
+            del recent[next(iter(recent))]  # oldest first: dicts keep insertion order
         if self.on_final is not None:
             self.on_final(job)
 

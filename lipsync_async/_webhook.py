@@ -39,6 +39,7 @@ log = logging.getLogger("lipsync_async.webhook")
 
 _SECRET_RE: Final = re.compile(r"^[A-Za-z0-9_-]{16,128}$")
 _OK: Final = b'{"received":true}'
+_VERIFY_TIMEOUT: Final = 10.0
 
 
 class DeliverySink(Protocol):
@@ -336,13 +337,21 @@ class WebhookReceiver:
         if sink is not None:
             if self.verify:
                 try:
-                    state = await sink.fetch(state.id)
+                    # Bounded: a webhook handler must not sit in the transport's retries for
+                    # minutes (and hold up the receiver's close); the service retries a 503.
+                    async with asyncio.timeout(_VERIFY_TIMEOUT):
+                        state = await sink.fetch(state.id)
                 except NotFoundError:
                     log.warning("delivery for job %s: the API does not know it, ignored", state.id)
                     return _reply(200, "")
-                except LipsyncError as exc:
-                    log.warning("delivery for job %s: cannot verify now (%s)", state.id, exc)
+                except (LipsyncError, TimeoutError) as exc:
+                    log.warning("delivery for job %s: cannot verify now (%r)", state.id, exc)
                     return _reply(503, "cannot verify now, retry later")
+                if not state.is_final:
+                    # The API lags the delivery: acknowledging would leave the job to the
+                    # fallback poll (webhook_grace later). Have the service deliver again.
+                    sink.deliver(state)  # still worth a fresher .state
+                    return _reply(503, "the job is not final yet at the API, retry later")
             self.received += 1
             matched = sink.deliver(state)
             self.matched += matched

@@ -197,8 +197,15 @@ async def test_submit_timeout_is_uncertain() -> None:
 @pytest.mark.parametrize(
     ("status", "body", "ctype", "error", "excerpt"),
     [
-        (200, b"<html>oops</html>", "text/html", APIError, "oops"),
-        (200, b'{"status": "processing"}', "application/json", APIError, "no job 'id'"),
+        # A 2xx took the request: unreadable, it is uncertain (APIError showing it is the cause)
+        (200, b"<html>oops</html>", "text/html", SubmissionUncertainError, "oops"),
+        (
+            200,
+            b'{"status": "processing"}',
+            "application/json",
+            SubmissionUncertainError,
+            "no job 'id'",
+        ),
         (400, b'{"error": "formState.audio is bad"}', "application/json", APIError, "audio is bad"),
         (
             502,
@@ -224,6 +231,8 @@ async def test_malformed_and_error_answers(
                 await client.lipsync_image(image=IMAGE, audio=AUDIO)
     message = str(info.value) + str(getattr(info.value, "__cause__", ""))
     assert excerpt in message
+    if status < 300:
+        assert isinstance(info.value.__cause__, APIError)
 
 
 async def test_html_502_on_reads_is_server_error_after_retries() -> None:

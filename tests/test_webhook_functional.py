@@ -211,7 +211,7 @@ async def test_verify_refuses_forged_completion(
     assert receiver is not None
     forged = _state(job.id) | {"output": "https://evil.example.com/x.mp4"}
     status, _ = await _post(receiver.url, json=forged)
-    assert status == 200
+    assert status == 503  # the API says processing: the service should deliver again later
     assert not job.done()
     assert job.state is not None and job.state.status is JobStatus.PROCESSING
     fake.complete_job(job.id)

@@ -156,7 +156,8 @@ class Store(abc.ABC):
         self._listening_changed()
 
     def remove_listener(self, on_state: DeliveryCallback) -> None:
-        self._listeners = [pair for pair in self._listeners if pair[0] is not on_state]
+        # `!=`, not `is not`: a bound method is a new object at each access, equal but not same.
+        self._listeners = [pair for pair in self._listeners if pair[0] != on_state]
         self._listening_changed()
 
     async def ready(self, timeout: float = 5.0) -> bool:
