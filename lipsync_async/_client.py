@@ -8,6 +8,7 @@ receiver's deliveries. Nothing below this module imports it.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from pathlib import Path
@@ -18,7 +19,13 @@ import attrs
 from yarl import URL
 
 from ._download import download_to
-from ._errors import APIError, JobTimeoutError, SubmissionUncertainError, ValidationError
+from ._errors import (
+    APIError,
+    ClientClosedError,
+    JobTimeoutError,
+    SubmissionUncertainError,
+    ValidationError,
+)
 from ._http import RetryPolicy, Transport
 from ._job import Job
 from ._models import (
@@ -41,6 +48,8 @@ from .stores._base import Store
 from .stores._link import StoreLink
 
 __all__ = ["DEFAULT_BASE_URL", "LipsyncClient"]
+
+log = logging.getLogger("lipsync_async")
 
 DEFAULT_BASE_URL: Final = "https://lipsync.studio/api/v1"
 _MAX_NUMBER: Final = 1e15  # seconds (31 million years), requests/s or bytes: finite and sane
@@ -81,7 +90,12 @@ class LipsyncClient:
             and bounds what a lost delivery costs to ten minutes of delay, never the job.
         max_retries: retries of one request on transient errors (reads only, and submits the
             service surely did not take).
-        max_in_flight: bound on concurrent HTTP requests; more wait their turn.
+        max_in_flight: bound on concurrent API requests (submits and status reads); more
+            wait their turn.
+        max_downloads: bound on concurrent downloads, apart from ``max_in_flight``: a status
+            read never waits behind a slow stream.
+        close_timeout: seconds :meth:`close` lets submits already sent get their answers (so
+            they become jobs, not ``SubmissionUncertainError``) before it closes the session.
         rate_limit: optional cap on requests per second, for all requests of this client.
         timeout: seconds to wait for an answer (socket read) before giving up on an attempt.
         connect_timeout: seconds to establish a connection.
@@ -103,12 +117,14 @@ class LipsyncClient:
         webhook_grace: float = 600.0,
         max_retries: int = 5,
         max_in_flight: int = 64,
+        max_downloads: int = 4,
         rate_limit: float | None = None,
         timeout: float = 30.0,
         connect_timeout: float = 10.0,
         backoff_base: float = 0.5,
         backoff_max: float = 30.0,
         store: Store | None = None,
+        close_timeout: float = 10.0,
     ) -> None:
         key = api_key if api_key is not None else os.environ.get("LIPSYNC_API_KEY")
         if not key or not isinstance(key, str):
@@ -126,6 +142,14 @@ class LipsyncClient:
         ):
             raise ValidationError(
                 "max_in_flight", f"must be an integer >= 1, got {max_in_flight!r}"
+            )
+        if (
+            isinstance(max_downloads, bool)
+            or not isinstance(max_downloads, int)
+            or max_downloads < 1
+        ):
+            raise ValidationError(
+                "max_downloads", f"must be an integer >= 1, got {max_downloads!r}"
             )
         if rate_limit is not None:
             _positive("rate_limit", rate_limit)
@@ -148,8 +172,10 @@ class LipsyncClient:
                 _positive("backoff_max", backoff_max, allow_zero=True),
             ),
             max_in_flight=max_in_flight,
+            max_downloads=max_downloads,
             rate_limit=rate_limit,
         )
+        self._close_timeout = _positive("close_timeout", close_timeout, allow_zero=True)
         self._tracker = Tracker(
             self._transport,
             poll_interval=_positive("poll_interval", poll_interval),
@@ -164,6 +190,8 @@ class LipsyncClient:
             webhook._use_store(store)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closing = False
+        self._submits = 0  # submit() calls in progress: close() lets them finish first
+        self._drained: asyncio.Future[None] | None = None
 
     def __repr__(self) -> str:
         state = "open" if self._loop is not None and not self._closing else "closed"
@@ -199,16 +227,38 @@ class LipsyncClient:
         await self.close()
 
     async def close(self) -> None:
-        """End polling and reads, stop the receiver we started, close the session we own.
+        """Let sent submits answer, end polling, stop the receiver we started, close the session.
 
-        Jobs still pending end with a ``LipsyncError`` for whoever awaits them; they keep
-        running at the service and can be attached again with :meth:`job`.
+        In order: submits not sent yet fail with :class:`ClientClosedError` (nothing was
+        submitted); submits already sent get up to ``close_timeout`` seconds to be answered,
+        so they become jobs rather than :class:`SubmissionUncertainError`; then jobs still
+        pending end with :class:`ClientClosedError` for whoever awaits them (they keep running
+        at the service: attach again with :meth:`job`), and the session is closed.
         """
         if self._loop is None or self._closing:
             return
         self._closing = True
         # Each step in its own `finally`: a close cancelled halfway (a second Ctrl-C, an outer
         # timeout) still ends every wait and closes the session.
+        try:
+            self._transport.refuse_submits()
+            if self._submits:
+                self._drained = self._loop.create_future()
+                try:
+                    async with asyncio.timeout(self._close_timeout):
+                        await self._drained
+                except TimeoutError:
+                    log.warning(
+                        "closing: %d submit(s) still unanswered after %s s; they end as "
+                        "SubmissionUncertainError",
+                        self._submits,
+                        self._close_timeout,
+                    )
+        finally:
+            self._drained = None
+            await self._close_rest()
+
+    async def _close_rest(self) -> None:
         try:
             if self._receiver is not None:
                 self._receiver._unbind(self._tracker)  # deliveries now get 503: retried later
@@ -272,7 +322,19 @@ class LipsyncClient:
         and ``Job.request`` (or ``SubmissionUncertainError.request``) is the request as sent,
         with those URLs in place of the paths.
         """
+        if self._closing and self._loop is not None:
+            raise ClientClosedError(None)
         self._check_open()
+        self._submits += 1
+        try:
+            return await self._submit(request)
+        finally:
+            self._submits -= 1
+            drained = self._drained
+            if not self._submits and drained is not None and not drained.done():
+                drained.set_result(None)
+
+    async def _submit(self, request: Request) -> Job:
         if local_media(request):
             return await self._submit_local(request)
         receiver_url = self._receiver.url if self._receiver is not None else None
@@ -287,17 +349,8 @@ class LipsyncClient:
             raise SubmissionUncertainError(request, f"unreadable answer: {exc}") from exc
         link = self._store_link
         recorded = await link.record_submit(job_id, request) if link is not None else None
-        tracker = self._tracker
-        job = tracker.get(job_id)
-        if job is None:
-            job = Job(
-                job_id,
-                tracker,
-                request=request,
-                state=JobState(id=job_id, status=JobStatus.PROCESSING),
-            )
-            by_webhook = request.webhook is None and receiver_url is not None
-            tracker.track(job, webhook=by_webhook)
+        by_webhook = request.webhook is None and receiver_url is not None
+        job = self._tracker.submitted(job_id, webhook=by_webhook)
         if link is not None and recorded is not None:
             link.submitted(job, recorded)  # a known outcome resolves it; a store failure raises
         return job
@@ -327,7 +380,7 @@ class LipsyncClient:
             for field, path in local.items():
                 token, urls[field] = receiver._serve_file(field, path)
                 tokens.append(token)
-            job = await self.submit(attrs.evolve(request, **urls))
+            job = await self._submit(attrs.evolve(request, **urls))
         except (SubmissionUncertainError, asyncio.CancelledError):
             files.expire(tokens)  # a job may exist and be fetching them
             raise
@@ -433,7 +486,7 @@ class LipsyncClient:
         """
         self._check_open()
         if self._store_link is None:
-            return list(self._tracker._jobs.values())
+            return self._tracker.jobs()
         return await self._store_link.pending()
 
     def job(self, job_id: str) -> Job:
@@ -444,11 +497,7 @@ class LipsyncClient:
         """
         check_job_id(job_id)
         self._check_open()
-        job = self._tracker.get(job_id)
-        if job is None:
-            job = Job(job_id, self._tracker)
-            self._tracker.attach(job)
-        return job
+        return self._tracker.attach(job_id)
 
     async def get_job(self, job_id: str) -> JobState:
         """One status read. A tracked job with that id takes the state too."""
@@ -476,10 +525,10 @@ class LipsyncClient:
         )
         ready: asyncio.Queue[Job] = asyncio.Queue()
         put = ready.put_nowait
+        tracker = self._tracker
         for job in unique:
-            job._add_waiter(put)
-            if not job.done():
-                job._owner._job_awaited(job)
+            job.add_done_callback(put)
+            tracker.awaited(job)
         try:
             for _ in range(len(unique)):
                 if deadline is None:
@@ -493,8 +542,7 @@ class LipsyncClient:
                 yield job
         finally:
             for job in unique:
-                if not job.done():
-                    job._remove_waiter(put)
+                job.remove_done_callback(put)
 
     async def download(
         self,

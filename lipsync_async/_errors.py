@@ -15,7 +15,8 @@ Every exception the SDK raises on purpose derives from :class:`LipsyncError`::
     │   └── APITimeoutError        no answer in time
     ├── SubmissionUncertainError   a submit may have created a job; never retried blindly
     ├── JobFailed                  the job ran and failed (.state)
-    └── JobTimeoutError            a wait's deadline passed; the job goes on (also a TimeoutError)
+    ├── JobTimeoutError            a wait's deadline passed; the job goes on (also a TimeoutError)
+    └── ClientClosedError          the client closed while the job was awaited; attach again
 
 The split follows replicate-python: the service's failure (``APIError``) is apart from the job's
 failure (``JobFailed``). Errors carry the job id and HTTP status where known, never the API key:
@@ -35,6 +36,7 @@ __all__ = [
     "APITimeoutError",
     "AuthenticationError",
     "BadRequestError",
+    "ClientClosedError",
     "InsufficientCreditsError",
     "JobFailed",
     "JobTimeoutError",
@@ -176,3 +178,21 @@ class JobTimeoutError(LipsyncError, TimeoutError):
         super().__init__(f"{what} not finished after {timeout} s (still tracked)")
         self.job_id = job_id
         self.timeout = timeout
+
+
+class ClientClosedError(LipsyncError):
+    """The client closed while the job was awaited; the job goes on at the service.
+
+    Attach again with ``client.job(id)`` from an open client (``.job_id``). Also raised, with
+    ``.job_id`` ``None``, by a submit that ``close()`` stopped before it was sent: nothing was
+    submitted, so sending it again later is safe.
+    """
+
+    def __init__(self, job_id: str | None) -> None:
+        super().__init__(
+            f"the client was closed before job {job_id} finished; "
+            "attach again with client.job(id)"
+            if job_id is not None
+            else "the client was closed before this submit was sent: nothing was submitted"
+        )
+        self.job_id = job_id

@@ -162,13 +162,11 @@ class FileRegistry:
     def expire_with(self, job: Job, tokens: Iterable[str]) -> None:
         """Expire ``tokens`` ``grace`` seconds after ``job`` ends, however it ends.
 
-        A per-job callback (the one ``as_completed`` uses) rather than the tracker's
-        ``on_final`` hook: it fires once for every ending, ``cancel()`` and client close
-        included, where ``on_final`` sees only final states; and it leaves ``on_final`` to
-        its owner (the store link sets and clears it).
+        A done callback, like any user's: it fires once for every ending, ``cancel()`` and
+        client close included.
         """
         kept = tuple(tokens)
-        job._add_waiter(lambda _: self.expire(kept))
+        job.add_done_callback(lambda _: self.expire(kept))
 
     def _sweep(self) -> None:
         self._timer = None

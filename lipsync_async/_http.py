@@ -34,6 +34,7 @@ from ._errors import (
     APITimeoutError,
     AuthenticationError,
     BadRequestError,
+    ClientClosedError,
     InsufficientCreditsError,
     NotFoundError,
     RateLimitError,
@@ -43,6 +44,7 @@ from ._errors import (
 )
 from ._models import Request
 from ._pacing import Pacer
+from ._retry import Verdict, judge_error, judge_status
 from ._version import __version__
 
 __all__ = ["RetryPolicy", "Stream", "Transport", "error_for_status", "parse_retry_after"]
@@ -176,6 +178,7 @@ class Transport:
         connect_timeout: float = 10.0,
         retry: RetryPolicy | None = None,
         max_in_flight: int = 64,
+        max_downloads: int = 4,
         rate_limit: float | None = None,
     ) -> None:
         self.base_url = base_url
@@ -194,6 +197,9 @@ class Transport:
         self.retry = retry or RetryPolicy()
         self.max_in_flight = max_in_flight
         self._sem = asyncio.Semaphore(max_in_flight)
+        self.max_downloads = max_downloads
+        self._downloads = asyncio.Semaphore(max_downloads)
+        self._closing = False  # close() began: submits not yet sent are refused
         self._pacer = Pacer(rate_limit)
         self._headers: Final = {
             "Authorization": f"Bearer {api_key}",
@@ -213,9 +219,12 @@ class Transport:
 
     async def open(self) -> None:
         """Create the owned session (inside the running loop) unless one was borrowed."""
+        self._closing = False
         if self._session is None:
             self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=self.max_in_flight, limit_per_host=0),
+                connector=aiohttp.TCPConnector(
+                    limit=self.max_in_flight + self.max_downloads, limit_per_host=0
+                ),
                 timeout=self._timeout,
                 raise_for_status=False,
             )
@@ -261,15 +270,20 @@ class Transport:
     ) -> tuple[int, bytes]:
         session = self.session
         headers = self._post_headers if body is not None else self._headers
+        is_submit = submit is not None
         attempt = 0
         while True:
             error: Exception
             retry_after: float | None = None
-            unusable: str | None = None
+            final: Verdict | None = None
+            reason = ""
             async with self._sem:
                 # Paced inside the in-flight bound: a request admitted before a 429 arrived
                 # must still honour the pause it set, not go out with the next wave.
                 await self._pacer.wait()
+                if self._closing and is_submit:
+                    # close() began while this submit waited its turn: it was never sent.
+                    raise ClientClosedError(None)
                 if session.closed:  # the client closed while this request waited its turn
                     raise APIConnectionError(f"{method} {self._path(url)}: the client was closed")
                 self.requests_sent += 1
@@ -281,36 +295,14 @@ class Transport:
                         raw = await resp.read()
                         if status == 429 or status >= 500:
                             retry_after = parse_retry_after(resp.headers.get("Retry-After"))
-                except aiohttp.ClientConnectorError as exc:
-                    # No connection was made: the request never left us, safe to send again.
-                    error = APIConnectionError(
-                        f"{method} {self._path(url)}: cannot connect ({exc.os_error})"
-                    )
-                    error.__cause__ = exc
-                except aiohttp.ConnectionTimeoutError as exc:
-                    error = APITimeoutError(f"{method} {self._path(url)}: connect timed out")
-                    error.__cause__ = exc
-                except (aiohttp.ServerTimeoutError, TimeoutError) as exc:
-                    if submit is not None:
-                        raise SubmissionUncertainError(submit, "no answer in time") from exc
-                    error = APITimeoutError(f"{method} {self._path(url)}: no answer in time")
-                    error.__cause__ = exc
-                except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as exc:
-                    if submit is not None:
-                        raise SubmissionUncertainError(
-                            submit, f"connection lost: {type(exc).__name__}"
-                        ) from exc
-                    error = APIConnectionError(
-                        f"{method} {self._path(url)}: connection lost ({type(exc).__name__})"
-                    )
-                    error.__cause__ = exc
-                except aiohttp.ClientError as exc:
-                    # A redirect loop, a redirect off http(s) (TooManyRedirects,
-                    # NonHttpUrlRedirectClientError...): the service answered, not with an
-                    # answer, and asking again will not change that. Raised below, outside this
-                    # block and unchained: a ClientResponseError's repr carries the request's
-                    # headers, the API key among them.
-                    unusable = f"{method} {self._path(url)}: {type(exc).__name__}"
+                except (aiohttp.ClientError, TimeoutError) as exc:
+                    verdict, what = judge_error(exc, submit=is_submit)
+                    reason = f"{what} ({type(exc).__name__})"
+                    error = _connection_error(f"{method} {self._path(url)}", what, exc)
+                    if verdict is not Verdict.RETRY:
+                        # Raised below, outside this `except`: a ClientResponseError must not
+                        # ride along as __context__ (its repr carries the request's headers).
+                        final = verdict
                 else:
                     # Before any use of the body, success included: an answer that echoes our
                     # headers (a proxy, a debug endpoint) must not carry the key into an error.
@@ -326,15 +318,20 @@ class Transport:
                         self.pause(
                             retry_after if retry_after is not None else self.retry.delay(attempt)
                         )
-                    elif status < 500 or (submit is not None and status != 503):
-                        if submit is not None and status >= 500:
-                            # A 500/502/504 may come after the job was created: not ours to guess.
-                            raise SubmissionUncertainError(submit, f"HTTP {status}") from error
+                    verdict = judge_status(status, submit=is_submit)
+                    if verdict is Verdict.UNCERTAIN:
+                        # A 500/502/504 may come after the job was created: not ours to guess.
+                        assert submit is not None  # noqa: S101 - only submits are uncertain
+                        raise SubmissionUncertainError(submit, f"HTTP {status}") from error
+                    if verdict is Verdict.FAIL:
                         raise error
-            if unusable is not None:
-                if submit is not None:
-                    raise SubmissionUncertainError(submit, unusable)
-                raise APIConnectionError(unusable)
+            if final is Verdict.UNCERTAIN:
+                assert submit is not None  # noqa: S101 - only submits are uncertain
+                uncertain = SubmissionUncertainError(submit, reason)
+                uncertain.__cause__ = error.__cause__
+                raise uncertain
+            if final is Verdict.FAIL:
+                raise error
             if attempt >= self.retry.max_retries:
                 raise error
             delay = self.retry.delay(attempt, retry_after)
@@ -343,6 +340,15 @@ class Transport:
             log.debug("retrying %s %s in %.2f s after %s", method, self._path(url), delay, error)
             await asyncio.sleep(delay)
 
+    @property
+    def closing(self) -> bool:
+        """True once :meth:`refuse_submits` was called."""
+        return self._closing
+
+    def refuse_submits(self) -> None:
+        """From now on, submits not yet sent raise ``ClientClosedError`` (``close()`` began)."""
+        self._closing = True
+
     def _path(self, url: str) -> str:
         return url[len(self._base) :] if url.startswith(self._base) else URL(url).path
 
@@ -350,31 +356,29 @@ class Transport:
 
     @contextlib.asynccontextmanager
     async def open_stream(self, url: str) -> AsyncIterator[Stream]:
-        """GET ``url`` for streaming; the key is sent only to the API's own origin."""
+        """GET ``url`` for streaming; the key is sent only to the API's own origin.
+
+        Downloads have their own bound (``max_downloads``), apart from the API calls' one: a
+        status read never waits behind a slow stream. Only the API's origin is paced.
+        """
         target = URL(url)
         same_origin = target.origin() == self.base_url.origin()
         headers = self._headers if same_origin else {"User-Agent": USER_AGENT}
         attempt = 0
         while True:
             retry_after: float | None = None
-            async with self._sem:
-                await self._pacer.wait()
+            async with self._downloads:
+                if same_origin:
+                    await self._pacer.wait()
                 try:
                     resp = await self.session.get(
                         target, headers=headers, timeout=self._stream_timeout
                     )
-                except aiohttp.ClientConnectorError as exc:
-                    error: Exception = APIConnectionError(
-                        f"download: cannot connect to {target.host}"
-                    )
-                    error.__cause__ = exc
-                except (aiohttp.ServerTimeoutError, TimeoutError) as exc:
-                    error = APITimeoutError(f"download: no answer from {target.host} in time")
-                    error.__cause__ = exc
-                except aiohttp.ClientError as exc:
-                    error = APIConnectionError(f"download: {type(exc).__name__} from {target.host}")
-                    if not isinstance(exc, aiohttp.ClientResponseError):
-                        error.__cause__ = exc  # (that one's repr carries the request's headers)
+                except (aiohttp.ClientError, TimeoutError) as exc:
+                    verdict, what = judge_error(exc, submit=False)
+                    error: Exception = _connection_error(f"download from {target.host}", what, exc)
+                    if verdict is Verdict.FAIL:
+                        raise error from None
                 else:
                     if resp.status < 400:
                         try:
@@ -398,9 +402,22 @@ class Transport:
                     if resp.status == 429 or resp.status >= 500:
                         retry_after = parse_retry_after(resp.headers.get("Retry-After"))
                     error = error_for_status(resp.status, raw, retry_after=retry_after)
-                    if resp.status != 429 and resp.status < 500:
+                    if judge_status(resp.status, submit=False) is Verdict.FAIL:
                         raise error
             if attempt >= self.retry.max_retries:
                 raise error
             attempt += 1
             await asyncio.sleep(self.retry.delay(attempt - 1, retry_after))
+
+
+def _connection_error(what: str, reason: str, exc: BaseException) -> APIConnectionError:
+    """The SDK's error for a request that got no usable answer, chained to aiohttp's.
+
+    Not chained to a ``ClientResponseError``: its repr carries the request's headers, the API
+    key among them.
+    """
+    cls = APITimeoutError if "timed out" in reason or "in time" in reason else APIConnectionError
+    error = cls(f"{what}: {reason} ({type(exc).__name__})")
+    if not isinstance(exc, aiohttp.ClientResponseError):
+        error.__cause__ = exc
+    return error

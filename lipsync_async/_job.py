@@ -1,72 +1,112 @@
 """``Job``: the awaitable handle of one submitted job, resolved exactly once.
 
-A ``Job`` is what a fan-out of 100,000 holds in memory, so it is lean: slots, no task and no
-future of its own. Each awaiter gets its own future (created on demand), so cancelling one
-awaiter never cancels the job for the others, and an outcome nobody awaited is never reported
-as "exception was never retrieved". Whoever learns the outcome first (the poller, the webhook
-receiver, another worker through a store) calls ``_finish``; later outcomes are ignored.
+Invariants (tested in ``tests/test_job_lifecycle.py`` and the stateful scheduler test):
+
+* **One ending.** A job leaves *pending* once, for exactly one of: completed, failed (the
+  service said so), ended (a status read was refused: 404, 401), cancelled (``cancel()``),
+  closed (its client closed). Every later outcome is ignored; ``done()`` never goes back.
+* **Everyone hears it once.** Each awaiter, and each ``add_done_callback`` subscriber, is told
+  once, whatever ended the job; a subscriber added after the end is called soon, like
+  ``asyncio.Future``. Cancelling one awaiter never cancels the job for the others.
+* **Fresh errors.** Each ``await`` of a job that did not complete raises an exception with a
+  traceback of its own: re-awaiting a failed job 200 times does not grow a 600-frame chain.
+  The errors a close or a failure produce are built when raised, not when the job ends, so
+  closing a client with a million pending jobs builds no million messages.
+
+The per-job budget (issue *A million pending jobs in half the bytes*): a pending job is this one
+object, GC-tracked, and nothing else the collector walks. Its six slots hold the id (the
+string the submit answer carried), the tracker, the last known state (a shared tuple for the
+initial ``processing``; a plain tuple, which the collector untracks, after a read changed it),
+a small-int phase, the done callbacks (``None`` for most jobs, one shared callable for a
+store's, a list only with several), and the tracker's calendar slot. What was submitted is
+not kept: the store records it, and ``SubmissionUncertainError.request`` carries it when it
+matters. See ``_tracker`` for the bytes.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable, Generator
-from typing import TYPE_CHECKING, Any
+from operator import attrgetter
+from typing import TYPE_CHECKING, Any, Final
 
-from ._errors import JobFailed, JobTimeoutError, LipsyncError
+import attrs
+
+from ._errors import ClientClosedError, JobFailed, JobTimeoutError, LipsyncError
 from ._models import JobState, JobStatus
 
 if TYPE_CHECKING:
-    from ._models import Request
+    from ._tracker import Tracker
 
-__all__ = ["Job", "JobOwner"]
+__all__ = ["Job", "pack_state"]
 
-_PENDING = 0
-_DONE = 1
-_CANCELLED = 2
+log = logging.getLogger("lipsync_async")
+
+# Phases. Small ints: CPython caches them, so a phase costs a job nothing but its slot.
+_PENDING: Final = 0
+_COMPLETED: Final = 1
+_FAILED: Final = 2
+_ENDED: Final = 3  # a status read was refused (404, 401): the error is kept in _state
+_CANCELLED: Final = 4
+_CLOSED: Final = 5
+
+_FIELDS: Final = tuple(f.name for f in attrs.fields(JobState) if f.name != "id")
+_pack = attrgetter(*_FIELDS)
 
 
-class JobOwner:
-    """What a ``Job`` needs from whoever tracks it (the client's tracker)."""
+def pack_state(state: JobState) -> tuple[Any, ...]:
+    """A state without its id, as a plain tuple: what a pending job keeps of it.
 
-    __slots__ = ()
+    The collector untracks a tuple of strings, numbers and ``None`` the first time it sees it,
+    so a million pending jobs whose state a read changed add nothing to a full collection.
+    """
+    packed: tuple[Any, ...] = _pack(state)
+    return packed
 
-    def _job_awaited(self, job: Job) -> None:
-        """Someone waits on ``job``: make sure it is tracked (attached jobs start lazily)."""
 
-    def _job_cancelled(self, job: Job) -> None:
-        """``job.cancel()`` was called: stop tracking it."""
+INITIAL: Final = pack_state(JobState(id="", status=JobStatus.PROCESSING))
+"""What a freshly submitted job knows of itself: shared by every such job."""
+
+Callback = Callable[["Job"], object]
+# An awaiter's own future is kept among the callbacks and set directly (see ``_notify``).
+_Waiter = Callback | asyncio.Future[None]
+
+
+class _Ended:
+    """A job whose tracking a refused read ended: its last state and the error, kept together."""
+
+    __slots__ = ("error", "state")
+
+    def __init__(self, state: tuple[Any, ...] | None, error: LipsyncError) -> None:
+        self.state = state
+        self.error = error
 
 
 class Job:
     """An awaitable handle on a lipsync job: ``state = await job``.
 
     Awaiting returns the completed :class:`JobState` or raises :class:`JobFailed` (with
-    ``.state``), or the API error that ended tracking (a 404 or 401 on a status read).
-    ``.state`` is the last known state, ``.done()`` tells whether the outcome is in,
-    ``await job.wait(timeout)`` bounds one wait without ending the job, and ``.cancel()`` stops
-    tracking (the API has no cancel call: the job itself goes on at the service).
+    ``.state``), the API error that ended tracking (a 404 or 401 on a status read), or
+    :class:`ClientClosedError` when its client closed first (attach again with
+    ``client.job(id)``). ``.state`` is the last known state, ``.done()`` tells whether the outcome
+    is in, ``await job.wait(timeout)`` bounds one wait without ending the job, ``.cancel()`` stops
+    tracking (the API has no cancel call: the job itself goes on at the service), and
+    ``add_done_callback(fn)`` calls ``fn(job)`` once it ends, however it ends.
+
+    Jobs are made by a client (a submit, ``client.job(id)``, ``client.pending()``), never
+    directly.
     """
 
-    __slots__ = ("_error", "_id", "_owner", "_phase", "_request", "_state", "_waiters", "due")
+    __slots__ = ("__weakref__", "_callbacks", "_id", "_phase", "_slot", "_state", "_tracker")
 
-    def __init__(
-        self,
-        job_id: str,
-        owner: JobOwner,
-        *,
-        request: Request | None = None,
-        state: JobState | None = None,
-    ) -> None:
+    def __init__(self, job_id: str, tracker: Tracker, state: tuple[Any, ...] | None) -> None:
         self._id = job_id
-        self._owner = owner
-        self._request = request
-        self._state = state
-        self._error: BaseException | None = None
+        self._tracker = tracker
+        self._state: Any = state  # tuple | None while pending; see the module docstring
         self._phase = _PENDING
-        # None, one callback, or a list: most jobs have zero or one waiter, so no list for them.
-        self._waiters: Callable[[Job], None] | list[Callable[[Job], None]] | None = None
-        self.due = 0.0  # the tracker's next status read, in loop time (0: not scheduled)
+        self._callbacks: _Waiter | list[_Waiter] | None = None
+        self._slot: object = None  # the tracker's: where in its calendar this job is
 
     # -- public ------------------------------------------------------------------------------
 
@@ -78,15 +118,15 @@ class Job:
     @property
     def state(self) -> JobState | None:
         """The last known state (``None`` for a job attached by id and not read yet)."""
-        return self._state
-
-    @property
-    def request(self) -> Request | None:
-        """What was submitted, when this process submitted it."""
-        return self._request
+        state = self._state
+        if isinstance(state, _Ended):
+            state = state.state
+        if state is None or isinstance(state, JobState):
+            return state
+        return JobState(id=self._id, **dict(zip(_FIELDS, state, strict=True)))
 
     def done(self) -> bool:
-        """True once the outcome is in (completed, failed, tracking ended) or after ``cancel()``."""
+        """True once the job ended: completed, failed, tracking refused, cancelled or closed."""
         return self._phase != _PENDING
 
     def cancelled(self) -> bool:
@@ -96,51 +136,86 @@ class Job:
     def cancel(self) -> bool:
         """Stop tracking the job; its awaiters get ``asyncio.CancelledError``.
 
-        The service has no cancel call, so the job runs on (and is billed) there. Returns False
-        if the job was already done.
+        The service has no cancel call, so the job runs on (and is billed) there; with a store,
+        the job is no longer pending there either (``pending()`` will not resume it). Returns
+        False if the job had already ended.
         """
         if self._phase != _PENDING:
             return False
-        self._phase = _CANCELLED
-        self._owner._job_cancelled(self)
-        self._wake()
+        self._tracker.forget(self)
+        self._end(_CANCELLED)
         return True
 
     def result(self) -> JobState:
-        """The outcome, without waiting: the completed state, or raise what ended the job."""
-        if self._phase == _CANCELLED:
-            raise asyncio.CancelledError(f"job {self._id} tracking was cancelled")
-        if self._phase == _PENDING:
-            raise asyncio.InvalidStateError(f"job {self._id} is not done")
-        if self._error is not None:
-            raise self._error
-        assert self._state is not None  # noqa: S101 - a done job without error has its state
-        return self._state
+        """The outcome, without waiting: the completed state, or raise what ended the job.
+
+        Each call raises a new exception (or the same one with a fresh traceback), so raising
+        it again and again never grows its traceback.
+        """
+        phase = self._phase
+        if phase == _COMPLETED:
+            state: JobState = self._state
+            return state
+        raise self._error()
 
     def exception(self) -> BaseException | None:
         """What ended the job unsuccessfully, ``None`` if it completed (raises if not done)."""
-        if self._phase == _PENDING:
-            raise asyncio.InvalidStateError(f"job {self._id} is not done")
-        if self._phase == _CANCELLED:
-            raise asyncio.CancelledError(f"job {self._id} tracking was cancelled")
-        return self._error
+        phase = self._phase
+        if phase == _COMPLETED:
+            return None
+        if phase in (_PENDING, _CANCELLED):
+            raise self._error()
+        return self._error()
+
+    def add_done_callback(self, fn: Callback) -> None:
+        """Call ``fn(job)`` once this job ends, however it ends.
+
+        Like ``asyncio.Future``: callbacks run on the event loop, soon after the end, in the
+        order they were added; a callback added after the end is scheduled at once. An
+        exception in one is logged and does not stop the others.
+        """
+        if self._phase != _PENDING:
+            self._tracker.loop.call_soon(_run_callback, fn, self)
+        else:
+            self._subscribe(fn)
+
+    def remove_done_callback(self, fn: Callback) -> int:
+        """Remove every registration of ``fn``; return how many were removed."""
+        return self._unsubscribe(fn)
+
+    def _subscribe(self, fn: _Waiter) -> None:
+        callbacks = self._callbacks
+        if callbacks is None:
+            self._callbacks = fn
+        elif isinstance(callbacks, list):
+            callbacks.append(fn)
+        else:
+            self._callbacks = [callbacks, fn]
+
+    def _unsubscribe(self, fn: _Waiter) -> int:
+        callbacks = self._callbacks
+        if callbacks is None:
+            return 0
+        if not isinstance(callbacks, list):
+            if callbacks == fn:  # ==, not is: bound methods are made anew on each access
+                self._callbacks = None
+                return 1
+            return 0
+        kept = [cb for cb in callbacks if cb != fn]
+        removed = len(callbacks) - len(kept)
+        self._callbacks = kept if len(kept) > 1 else (kept[0] if kept else None)
+        return removed
 
     def __await__(self) -> Generator[Any, None, JobState]:
         if self._phase == _PENDING:
-            loop = asyncio.get_running_loop()
-            fut: asyncio.Future[None] = loop.create_future()
-
-            def wake(_: Job) -> None:
-                if not fut.done():
-                    fut.set_result(None)
-
-            self._add_waiter(wake)
-            self._owner._job_awaited(self)
+            fut: asyncio.Future[None] = self._tracker.loop.create_future()
+            self._subscribe(fut)  # set directly when the job ends, see _notify
+            self._tracker.awaited(self)
             try:
                 yield from fut.__await__()
             finally:
                 if not fut.done():  # this awaiter was cancelled; the job goes on for others
-                    self._remove_waiter(wake)
+                    self._unsubscribe(fut)
         return self.result()
 
     async def wait(self, timeout: float | None = None) -> JobState:
@@ -160,68 +235,93 @@ class Job:
             raise JobTimeoutError(self._id, timeout) from None
 
     def __repr__(self) -> str:
-        if self._phase == _CANCELLED:
+        phase = self._phase
+        if phase == _CANCELLED:
             what = "cancelled"
-        elif self._error is not None and not isinstance(self._error, JobFailed):
-            what = f"error={type(self._error).__name__}"
-        elif self._state is not None:
-            what = str(self._state.status)
+        elif phase == _CLOSED:
+            what = "closed"
+        elif phase == _ENDED:
+            what = f"error={type(self._state.error).__name__}"
         else:
-            what = "unknown"
+            state = self.state
+            what = str(state.status) if state is not None else "unknown"
         return f"<Job {self._id} {what}>"
 
-    # -- for the tracker ---------------------------------------------------------------------
+    # -- the tracker's side ------------------------------------------------------------------
+    # Only ``_tracker`` calls these: a Job and its tracker are one unit split for reading.
 
-    def _update(self, state: JobState) -> bool:
-        """Take a state; finish the job if it is final. True if this call finished it."""
+    def _take(self, state: JobState) -> bool:
+        """Take a state read or delivered; end the job if it is final. True if it ended it.
+
+        A state equal to the one held is not stored again: a read that changes nothing leaves
+        nothing new behind for the collector.
+        """
         if self._phase != _PENDING:
             return False
-        self._state = state
-        if state.status is JobStatus.COMPLETED:
-            self._phase = _DONE
-        elif state.status is JobStatus.FAILED:
-            self._phase = _DONE
-            self._error = JobFailed(state)
-        else:
+        status = state.status
+        if status is JobStatus.COMPLETED:
+            self._state = state
+            self._end(_COMPLETED)
+            return True
+        if status is JobStatus.FAILED:
+            self._state = state
+            self._end(_FAILED)
+            return True
+        packed = pack_state(state)
+        if packed != self._state:
+            self._state = packed
+        return False
+
+    def _refuse(self, error: LipsyncError) -> bool:
+        """End tracking with the error a read got (404, 401). True if this call ended it."""
+        if self._phase != _PENDING:
             return False
-        self._wake()
+        self._state = _Ended(self._state, error)
+        self._end(_ENDED)
         return True
 
-    def _fail(self, error: LipsyncError) -> bool:
-        """End tracking with an error (a 404 or 401 on read). True if this call finished it."""
-        if self._phase != _PENDING:
-            return False
-        self._phase = _DONE
-        self._error = error
-        self._wake()
-        return True
+    def _close(self) -> None:
+        """The client closed: end the wait (the error is built when someone raises it)."""
+        if self._phase == _PENDING:
+            self._end(_CLOSED)
 
-    def _add_waiter(self, callback: Callable[[Job], None]) -> None:
-        if self._phase != _PENDING:
-            callback(self)
-        elif self._waiters is None:
-            self._waiters = callback
-        elif isinstance(self._waiters, list):
-            self._waiters.append(callback)
-        else:
-            self._waiters = [self._waiters, callback]
-
-    def _remove_waiter(self, callback: Callable[[Job], None]) -> None:
-        waiters = self._waiters
-        if waiters is callback:
-            self._waiters = None
-        elif isinstance(waiters, list):
-            try:
-                waiters.remove(callback)
-            except ValueError:
-                pass
-
-    def _wake(self) -> None:
-        waiters, self._waiters = self._waiters, None
-        if waiters is None:
+    def _end(self, phase: int) -> None:
+        # The tracker has already taken the job out of its calendar (``_slot``): it does that
+        # before it ends a job, so a finished job is referenced by nothing of the client's.
+        self._phase = phase
+        callbacks, self._callbacks = self._callbacks, None
+        if callbacks is None:
             return
-        if isinstance(waiters, list):
-            for cb in waiters:
-                cb(self)
+        if isinstance(callbacks, list):
+            for cb in callbacks:
+                self._notify(cb)
         else:
-            waiters(self)
+            self._notify(callbacks)
+
+    def _notify(self, cb: Callback | asyncio.Future[None]) -> None:
+        if isinstance(cb, asyncio.Future):
+            # An awaiter's own future: set at once (one hop fewer than a scheduled callback,
+            # and the same as asyncio.Future waking the task that awaits it).
+            if not cb.done():
+                cb.set_result(None)
+        else:
+            self._tracker.loop.call_soon(_run_callback, cb, self)
+
+    def _error(self) -> BaseException:
+        phase = self._phase
+        if phase == _FAILED:
+            return JobFailed(self._state)
+        if phase == _ENDED:
+            return self._state.error.with_traceback(None)  # type: ignore[no-any-return]
+        if phase == _CLOSED:
+            return ClientClosedError(self._id)
+        if phase == _CANCELLED:
+            return asyncio.CancelledError(f"job {self._id} tracking was cancelled")
+        return asyncio.InvalidStateError(f"job {self._id} is not done")
+
+
+def _run_callback(fn: Callback, job: Job) -> None:
+    try:
+        fn(job)
+    except Exception:
+        log.exception("done callback %r of job %s failed", fn, job.id)

@@ -1,79 +1,116 @@
 """Pending jobs and the one polling scheduler.
 
-All jobs share one scheduler task and a calendar of due times (buckets of ``_TICK`` seconds in
-a dict, their keys in a heap), not a task or a sleep loop per job: a pending job costs one list
-slot in its bucket plus the ``Job`` itself. Due reads go to a small pool of reader tasks, at most
-``max_in_flight`` of them, which exit when the queue is empty. A job's ``due`` attribute says
-which bucket entry is current, so rescheduling never searches: stale entries are skipped.
-
 Whatever learns a job's state first resolves it: a status read here, or a delivery handed to
 :meth:`Tracker.deliver` by the webhook receiver (or another worker through a store). A delivery
 for a job we do not know yet (it can beat the submit's own answer) waits in a bounded,
 time-limited buffer and is matched when the job is tracked.
+
+The calendar: due reads are grouped in buckets of ``_TICK`` seconds, each a ``dict`` of id to
+``Job`` with one ``loop.call_at`` timer; there is no scheduler task, heap or sleeper of our
+own. When a bucket's timer fires, the bucket joins the ready queue and readers are started, at
+most ``max_in_flight`` of them; each reader takes jobs from the ready buckets until none is
+left, then exits. A job's ``_slot`` names the bucket it sits in, so rescheduling and finishing
+are O(1) dict deletions, never a search.
+
+Invariants (the stateful test in ``tests/test_scheduler_stateful.py`` checks them after every
+step of random interleavings, with a virtual clock):
+
+1. A pending job is in ``_jobs`` and in exactly one of these places:
+
+   * **waiting for a delivery**: no slot (attached by id, not awaited yet);
+   * **scheduled at t**: in the bucket of t, whose timer is armed;
+   * **queued**: in a fired bucket of the ready queue, and at least one reader is active
+     (a reader decides to exit only in the same step in which it sees the ready queue empty,
+     and its count drops in that step: no reader that is about to exit is counted);
+   * **being read**: a reader awaits its status read; when the read ends, the job is
+     rescheduled (or finished), whatever the read raised.
+
+2. A finished job (completed, failed, refused, cancelled, closed) is in no bucket, not in
+   ``_jobs`` and referenced by nothing of the tracker's: the only things kept of it are its id
+   (in a bounded set of recent ids that acknowledges duplicate deliveries) and what its
+   own callbacks keep.
+3. ``close()`` ends every pending job's wait (``ClientClosedError``), cancels every timer and
+   reader, and leaves no task behind.
+
+The budget of one pending job (measured by ``benchmarks/bench_scale.py``, checked by
+``tests/test_job_budget.py``): the ``Job`` (88 B, the one object the collector tracks), its id
+string (85 B for a UUID), one entry in ``_jobs`` and one in its bucket (about 30-40 B each,
+string-keyed dicts): about 240 B. The bucket dicts and their timers are shared by all the jobs
+due in the same tick, and long delays (the 600 s webhook grace) are snapped to a coarser grain
+so that 100,000 jobs share a few hundred buckets.
 """
 
 from __future__ import annotations
 
 import asyncio
-import heapq
 import json
 import logging
 import random
 from collections import OrderedDict, deque
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Final
 from urllib.parse import quote
 
 from ._errors import APIError, AuthenticationError, LipsyncError, NotFoundError
-from ._job import Job, JobOwner
+from ._job import INITIAL, Job
 from ._models import JobState
 from ._wire import loads_object, parse_job_state, state_to_wire
 
 if TYPE_CHECKING:
     from ._http import Transport
 
-__all__ = ["Tracker"]
+__all__ = ["Tracker", "job_path"]
 
 log = logging.getLogger("lipsync_async")
 
 _TICK: Final = 0.02  # calendar resolution, seconds
 _GRAIN: Final = 1.0 / 1024  # long delays are rounded up to this fraction of themselves
-_READING: Final = -1.0  # job.due while a read is in flight
 _RECENT_MAX: Final = 10_000
 _SAFE_ID: Final = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.")
 
 
+class _Reading:
+    """The slot of a job whose status read is in flight."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "<reading>"
+
+
+_READING: Final = _Reading()
+
+Bucket = dict[str, Job]
+
+
 def job_path(job_id: str) -> str:
     """``jobs/{id}``, with the id escaped if it is not already URL-safe (ids are UUIDs)."""
-    if _SAFE_ID.issuperset(job_id) and job_id not in (".", ".."):
+    if _SAFE_ID.issuperset(job_id) and job_id.strip(".") != "":
         return "jobs/" + job_id
-    return "jobs/" + quote(job_id, safe="")
+    # quote() leaves dots alone: "." and ".." would be path segments, not an id.
+    return "jobs/" + quote(job_id, safe="").replace(".", "%2E")
 
 
-class Tracker(JobOwner):
+class Tracker:
     """Tracks pending jobs until each resolves, by status reads or by deliveries."""
 
     __slots__ = (
+        "_active",
         "_buckets",
         "_closed",
-        "_closed_reason",
         "_early",
         "_early_bytes",
         "_early_max",
         "_early_max_bytes",
         "_early_ttl",
-        "_heap",
         "_jitter",
         "_jobs",
         "_loop",
         "_max_readers",
-        "_queue",
         "_readers",
+        "_ready",
         "_recent",
-        "_scheduler",
-        "_sleeper",
+        "_timers",
         "_transport",
-        "on_final",
         "poll_interval",
         "reads",
         "webhook_grace",
@@ -95,13 +132,12 @@ class Tracker(JobOwner):
         self.webhook_grace = webhook_grace
         self._jitter = jitter
         self._jobs: dict[str, Job] = {}
-        self._buckets: dict[int, list[Job]] = {}
-        self._heap: list[int] = []
-        self._queue: deque[Job] = deque()
+        self._buckets: dict[int, Bucket] = {}
+        self._timers: dict[int, asyncio.TimerHandle] = {}
+        self._ready: deque[Bucket] = deque()
         self._readers: set[asyncio.Task[None]] = set()
+        self._active = 0  # readers that have not decided to exit (see invariant 1)
         self._max_readers = transport.max_in_flight
-        self._scheduler: asyncio.Task[None] | None = None
-        self._sleeper: asyncio.Future[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._early: OrderedDict[str, tuple[float, bytes]] = OrderedDict()
         self._early_max = early_max
@@ -109,53 +145,48 @@ class Tracker(JobOwner):
         self._early_max_bytes = early_max_bytes
         self._early_bytes = 0
         self._closed = False
-        self._closed_reason = "the client was closed"
         # Ids of jobs finished lately: their duplicate deliveries (and a store's echo of their
         # own outcome) are acknowledged without a trip through the early-delivery buffer.
         self._recent: dict[str, None] = {}
         self.reads = 0  # status reads made (a benchmark figure)
-        self.on_final: Callable[[Job], None] | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        loop = self._loop
+        if loop is None:
+            raise RuntimeError("the client is not open: use `async with LipsyncClient(...)`")
+        return loop
 
     def start(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._closed = False
-        self._scheduler = self._loop.create_task(self._schedule(), name="lipsync-scheduler")
 
-    async def close(self, reason: str = "the client was closed") -> None:
-        """Stop polling, end reader tasks, and end pending jobs' waits with a clear error.
+    async def close(self) -> None:
+        """Stop polling, end reader tasks, and end pending jobs' waits (``ClientClosedError``).
 
-        Everything but the final wait for the tasks happens before the first ``await``, so a
-        close that is itself cancelled still leaves no waiter hanging.
+        Everything but the final wait for the readers happens before the first ``await``, so a
+        close that is itself cancelled still leaves no waiter hanging. No error object is built
+        here: each awaiter builds its own when it raises.
         """
         self._closed = True
-        self._closed_reason = reason
-        tasks = [t for t in (self._scheduler, *self._readers) if t is not None]
-        for task in tasks:
-            task.cancel()
-        self._scheduler = None
-        self._readers.clear()
+        for timer in self._timers.values():
+            timer.cancel()
+        self._timers.clear()
         self._buckets.clear()
-        self._heap.clear()
-        self._queue.clear()
+        self._ready.clear()
+        readers = list(self._readers)
+        for task in readers:
+            task.cancel()
         self._early.clear()
         self._early_bytes = 0
         jobs, self._jobs = self._jobs, {}
         for job in jobs.values():
-            self._refuse(job)
-        if tasks:
-            await asyncio.gather(*tasks, return_exceptions=True)
-
-    def _refuse(self, job: Job) -> None:
-        """End a job's wait because this tracker is closed (or closing)."""
-        job.due = 0.0
-        job._fail(
-            LipsyncError(
-                f"{self._closed_reason} before job {job.id} finished; "
-                "attach again with client.job(id)"
-            )
-        )
+            job._slot = None
+            job._close()
+        if readers:
+            await asyncio.gather(*readers, return_exceptions=True)
 
     @property
     def pending(self) -> int:
@@ -165,73 +196,107 @@ class Tracker(JobOwner):
     def get(self, job_id: str) -> Job | None:
         return self._jobs.get(job_id)
 
+    def jobs(self) -> list[Job]:
+        """The pending jobs."""
+        return list(self._jobs.values())
+
     # -- tracking ----------------------------------------------------------------------------
 
-    def track(self, job: Job, *, webhook: bool) -> None:
-        """Track a freshly submitted job; its first read is due after a poll or the grace."""
+    def submitted(self, job_id: str, *, webhook: bool) -> Job:
+        """The ``Job`` of a fresh submit; its first read is due after a poll or the grace."""
+        job = self._jobs.get(job_id)
+        if job is not None:  # its delivery (through a store) made us attach it already
+            if job._slot is None:
+                self._schedule_in(job, self.webhook_grace if webhook else self.poll_interval)
+            return job
+        job = Job(job_id, self, INITIAL)
         if self._closed:  # a submit whose answer came back while the client closed
-            self._refuse(job)
-            return
-        self._jobs[job.id] = job
-        if self._match_early(job):
-            return
-        delay = self.webhook_grace if webhook else self.poll_interval
-        self._schedule_in(job, delay)
+            job._close()
+            return job
+        self._jobs[job_id] = job
+        if not self._match_early(job):
+            self._schedule_in(job, self.webhook_grace if webhook else self.poll_interval)
+        return job
 
-    def attach(self, job: Job) -> None:
-        """Know ``job`` (deliveries will resolve it) without reading it until someone waits."""
-        if self._closed:
-            self._refuse(job)
-        elif job.id not in self._jobs:
-            self._jobs[job.id] = job
-            self._match_early(job)
+    def attach(self, job_id: str, *, poll: bool = False) -> Job:
+        """The ``Job`` for an id known from elsewhere; no read until it is awaited (or ``poll``).
 
-    def _job_awaited(self, job: Job) -> None:
-        if job.due == 0.0 and not job.done():
+        ``poll`` (jobs resumed from a store) schedules the first read after one interval: their
+        delivery may have come while no process listened.
+        """
+        job = self._jobs.get(job_id)
+        if job is None:
+            job = Job(job_id, self, None)
             if self._closed:
-                self._refuse(job)
-                return
-            self._jobs.setdefault(job.id, job)
-            self._schedule_at(job, self._now())
+                job._close()
+                return job
+            self._jobs[job_id] = job
+            if self._match_early(job):
+                return job
+        if poll and job._slot is None and not job.done():
+            self._schedule_in(job, self.poll_interval)
+        return job
 
-    def _job_cancelled(self, job: Job) -> None:
+    def awaited(self, job: Job) -> None:
+        """Someone waits on ``job``: an attached job not yet scheduled is read now."""
+        if job._slot is None and not job.done() and self._jobs.get(job.id) is job:
+            self._schedule_at(job, self.loop.time())
+
+    def forget(self, job: Job) -> None:
+        """Stop tracking ``job`` (``cancel()``); its callbacks are the job's to run."""
         if self._jobs.get(job.id) is job:
             del self._jobs[job.id]
-        job.due = 0.0
+        self._unslot(job)
 
-    def _now(self) -> float:
-        loop = self._loop
-        if loop is None:
-            raise RuntimeError("the client is not open: use `async with LipsyncClient(...)`")
-        return loop.time()
+    def _unslot(self, job: Job) -> None:
+        slot = job._slot
+        if type(slot) is dict:
+            del slot[job.id]
+            # A bucket left empty keeps its timer: firing an empty bucket is a no-op, and
+            # cancelling would cost a search in the loop's heap.
+        job._slot = None
 
     def _schedule_in(self, job: Job, delay: float) -> None:
         # Jitter only lengthens an interval: reads per job stay <= ceil(duration / interval),
         # and 10,000 jobs submitted together spread out instead of polling in lockstep.
-        due = self._now() + delay * (1.0 + self._jitter * random.random())
+        due = self.loop.time() + delay * (1.0 + self._jitter * random.random())
         # Long delays (the 600 s webhook grace, slow polls) snap up to a grain of delay/1024:
         # the jitter still spreads jobs over ~200 buckets, but 100,000 jobs share those
-        # instead of each owning a 20 ms bucket (a list, a dict slot, a heap key: ~140 B/job).
+        # instead of each owning a 20 ms bucket (a dict and a timer each).
         grain = delay * _GRAIN
         if grain > _TICK:
             due = (int(due / grain) + 1) * grain
         self._schedule_at(job, due)
 
     def _schedule_at(self, job: Job, due: float) -> None:
-        if self._closed:
-            return
-        job.due = due
         key = int(due / _TICK) + 1  # the bucket ending at or after `due`
         bucket = self._buckets.get(key)
         if bucket is None:
-            self._buckets[key] = [job]
-            heapq.heappush(self._heap, key)
-            if self._heap[0] == key and self._sleeper is not None and not self._sleeper.done():
-                self._sleeper.set_result(None)  # an earlier wake-up than the scheduler planned
-        else:
-            bucket.append(job)
+            bucket = self._buckets[key] = {}
+            self._timers[key] = self.loop.call_at(key * _TICK, self._fire, key)
+        slot = job._slot
+        if slot is not bucket:
+            if type(slot) is dict:
+                del slot[job.id]
+            bucket[job.id] = job
+            job._slot = bucket
 
-    # -- resolution from outside -------------------------------------------------------------
+    def _fire(self, key: int) -> None:
+        del self._timers[key]
+        bucket = self._buckets.pop(key)
+        if bucket:
+            self._ready.append(bucket)
+            self._spawn(len(bucket))
+
+    def _spawn(self, wanted: int) -> None:
+        loop = self.loop
+        for _ in range(min(wanted, self._max_readers - self._active)):
+            self._active += 1
+            task = loop.create_task(self._reader(), name="lipsync-reader")
+            self._readers.add(task)
+            task.add_done_callback(self._readers.discard)
+
+    # -- resolution --------------------------------------------------------------------------
 
     def deliver(self, state: JobState) -> bool:
         """Apply a delivered state. True if a tracked job took it (or already had it)."""
@@ -246,24 +311,28 @@ class Tracker(JobOwner):
         return True
 
     def _apply(self, job: Job, state: JobState) -> None:
-        if job._update(state):
-            self._finished(job)
+        if state.is_final:
+            self._release(job)
+            job._take(state)
+        else:
+            job._take(state)
 
-    def fail(self, job: Job, error: LipsyncError) -> None:
-        if job._fail(error):
-            self._finished(job)
+    def refuse(self, job: Job, error: LipsyncError) -> None:
+        """End ``job``'s tracking with the error a read got (404, 401)."""
+        if not job.done():
+            self._release(job)
+            job._refuse(error)
 
-    def _finished(self, job: Job) -> None:
-        """The job just got its outcome: stop tracking it and tell the store, if any."""
-        if self._jobs.get(job.id) is job:
-            del self._jobs[job.id]
-        job.due = 0.0
+    def _release(self, job: Job) -> None:
+        """Take a job that is about to end out of everything the tracker holds (invariant 2)."""
+        job_id = job.id
+        if self._jobs.get(job_id) is job:
+            del self._jobs[job_id]
+        self._unslot(job)
         recent = self._recent
-        recent[job.id] = None
+        recent[job_id] = None
         if len(recent) > _RECENT_MAX:
             del recent[next(iter(recent))]  # oldest first: dicts keep insertion order
-        if self.on_final is not None:
-            self.on_final(job)
 
     def _keep_early(self, state: JobState) -> None:
         # Held as compact JSON, not as the parsed JobState: these are deliveries for ids nobody
@@ -276,7 +345,7 @@ class Tracker(JobOwner):
             return  # not representable: polling resolves its job, if it is ours
         if len(blob) > self._early_max_bytes:
             return
-        now = self._now()
+        now = self.loop.time()
         early = self._early
         replaced = early.pop(state.id, None)  # re-inserted at the end: the order stays by age
         if replaced is not None:
@@ -299,9 +368,9 @@ class Tracker(JobOwner):
         if held is None:
             return False
         self._early_bytes -= len(held[1])
-        if held[0] < self._now():
+        if held[0] < self.loop.time():
             return False
-        log.debug("job %s: matched a delivery that arrived before its submit answer", job.id)
+        log.debug("job %r: matched a delivery that arrived before its submit answer", job.id)
         self._apply(job, parse_job_state(json.loads(held[1])))
         return True
 
@@ -320,72 +389,42 @@ class Tracker(JobOwner):
             )
         return state
 
-    async def _schedule(self) -> None:
-        loop = asyncio.get_running_loop()
-        heap, buckets, queue = self._heap, self._buckets, self._queue
-        while True:
-            if heap:
-                key = heap[0]
-                wake_at = key * _TICK
-                if wake_at <= loop.time():
-                    heapq.heappop(heap)
-                    for job in buckets.pop(key, ()):
-                        if job.due > 0.0 and int(job.due / _TICK) + 1 == key and not job.done():
-                            job.due = _READING
-                            queue.append(job)
-                    self._spawn_readers()
-                    continue
-            else:
-                wake_at = None
-            sleeper = self._sleeper = loop.create_future()
-            timer = loop.call_at(wake_at, _wake, sleeper) if wake_at is not None else None
-            try:
-                await sleeper
-            finally:
-                self._sleeper = None
-                if timer is not None:
-                    timer.cancel()
-
-    def _spawn_readers(self) -> None:
-        assert self._loop is not None  # noqa: S101 - started
-        want = min(len(self._queue), self._max_readers) - len(self._readers)
-        for _ in range(want):
-            task = self._loop.create_task(self._reader())
-            self._readers.add(task)
-            task.add_done_callback(self._readers.discard)
+    def _next(self) -> Job | None:
+        """The next queued job, now marked as being read; ``None`` when the queue is empty."""
+        ready = self._ready
+        while ready:
+            bucket = ready[0]
+            if bucket:
+                job = bucket.popitem()[1]
+                job._slot = _READING
+                return job
+            ready.popleft()
+        return None
 
     async def _reader(self) -> None:
-        queue = self._queue
-        while queue:
-            job = queue.popleft()
-            if job.done():
-                continue
-            try:
-                state = await self.fetch(job.id)
-            except (NotFoundError, AuthenticationError) as exc:
-                log.warning("job %s: status read refused, tracking ends: %s", job.id, exc)
-                self.fail(job, exc)
-                continue
-            except LipsyncError as exc:
-                # A failed read is not a failed job: read again at the next interval.
-                log.warning("job %s: status read failed, will retry: %s", job.id, exc)
-                if not job.done():
-                    self._schedule_in(job, self.poll_interval)
-                continue
-            except Exception:
-                # A bug must not strand the job (its due would stay "reading" forever) nor kill
-                # this reader with an exception nobody retrieves.
-                log.exception("job %s: unexpected error during a status read", job.id)
-                if not job.done():
-                    self._schedule_in(job, self.poll_interval)
-                continue
-            if job.done():
-                continue
-            self._apply(job, state)
-            if not job.done():
-                self._schedule_in(job, self.poll_interval)
+        try:
+            while (job := self._next()) is not None:
+                await self._read(job)
+        finally:
+            # In the step that saw the queue empty (or on cancellation): see invariant 1.
+            self._active -= 1
 
-
-def _wake(fut: asyncio.Future[None]) -> None:
-    if not fut.done():
-        fut.set_result(None)
+    async def _read(self, job: Job) -> None:
+        try:
+            state = await self.fetch(job.id)
+        except (NotFoundError, AuthenticationError) as exc:
+            log.warning("job %r: status read refused, tracking ends: %s", job.id, exc)
+            self.refuse(job, exc)
+            return
+        except LipsyncError as exc:
+            # A failed read is not a failed job: read again at the next interval.
+            log.warning("job %r: status read failed, will retry: %s", job.id, exc)
+        except Exception:
+            # A bug must not strand the job (it would stay "being read" forever) nor kill
+            # this reader with an exception nobody retrieves.
+            log.exception("job %r: unexpected error during a status read", job.id)
+        else:
+            if job._slot is _READING:  # not finished (or rescheduled) while we read
+                self._apply(job, state)
+        if job._slot is _READING and not job.done():
+            self._schedule_in(job, self.poll_interval)

@@ -8,7 +8,7 @@ import pytest
 from aiohttp import web
 
 from lipsync_async import (
-    APIConnectionError,
+    ClientClosedError,
     Job,
     JobStatus,
     LipsyncClient,
@@ -45,28 +45,14 @@ async def test_cancelled_close_still_ends_waits_and_session(fake: FakeLipsyncSer
     assert session.closed
 
 
-async def test_job_tracked_after_close_fails_instead_of_hanging(make_client: ClientFactory) -> None:
-    """A submit answer that lands after close() began gives a Job that fails, never one that
-    waits forever."""
-    client = await make_client()
-    tracker = client._tracker
-    await tracker.close()
-    late = Job("late-job", tracker)
-    tracker.track(late, webhook=False)
-    with pytest.raises(LipsyncError, match="closed"):
-        await asyncio.wait_for(late.wait(), 1)
-    attached = Job("attached-job", tracker)
-    tracker.attach(attached)
-    assert attached.done()
-
-
-async def test_requests_queued_at_close_are_connection_errors() -> None:
-    """Submits still waiting their turn when the client closes raise APIConnectionError
-    (nothing was sent), the one in flight SubmissionUncertainError: never a bare RuntimeError."""
+async def test_close_lets_sent_submits_answer_and_refuses_unsent_ones() -> None:
+    """close() waits (up to close_timeout) for a submit already sent, so it becomes a Job rather
+    than a SubmissionUncertainError; submits still waiting their turn raise ClientClosedError
+    (nothing was sent, job_id None); the Job ends with ClientClosedError naming its id."""
 
     async def slow(request: web.Request) -> web.Response:
-        await asyncio.sleep(0.5)
-        return web.json_response({"id": "x", "status": "processing"})
+        await asyncio.sleep(0.3)
+        return web.json_response({"id": "x-1", "status": "processing"})
 
     async with RawServer(slow) as srv:
         client = LipsyncClient("sk_x", base_url=srv.base_url, max_in_flight=1)
@@ -77,10 +63,47 @@ async def test_requests_queued_at_close_are_connection_errors() -> None:
         await asyncio.sleep(0.1)
         await client.close()
         results = await asyncio.gather(*submits, return_exceptions=True)
-    kinds = sorted(type(r).__name__ for r in results)
-    assert kinds == ["APIConnectionError", "APIConnectionError", "SubmissionUncertainError"]
-    assert all(isinstance(r, APIConnectionError | SubmissionUncertainError) for r in results)
+    jobs = [r for r in results if isinstance(r, Job)]
+    refused = [r for r in results if isinstance(r, ClientClosedError)]
+    assert len(jobs) == 1 and len(refused) == 2, results
+    assert all(r.job_id is None and "nothing was submitted" in str(r) for r in refused)
     assert len(srv.hits) == 1
+    assert jobs[0].id == "x-1" and jobs[0].done()
+    with pytest.raises(ClientClosedError, match="x-1") as info:
+        await jobs[0]
+    assert info.value.job_id == "x-1"
+
+
+async def test_close_timeout_bounds_the_wait_for_sent_submits() -> None:
+    """A submit that stays unanswered past close_timeout becomes SubmissionUncertainError and
+    close() returns after about close_timeout, not after the server's delay."""
+
+    async def stuck(request: web.Request) -> web.Response:
+        await asyncio.sleep(5)
+        return web.json_response({"id": "never", "status": "processing"})
+
+    async with RawServer(stuck) as srv:
+        client = LipsyncClient("sk_x", base_url=srv.base_url, close_timeout=0.2)
+        await client.__aenter__()
+        submit = asyncio.create_task(client.lipsync_image(image=IMAGE, audio=AUDIO))
+        await asyncio.sleep(0.1)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        await client.close()
+        took = loop.time() - started
+        with pytest.raises(SubmissionUncertainError):
+            await submit
+    assert took < 2.0
+
+
+async def test_submit_after_close_began_is_refused(make_client: ClientFactory) -> None:
+    """A submit started after close() began raises ClientClosedError before any request."""
+    client = await make_client()
+    closing = asyncio.create_task(client.close())
+    await asyncio.sleep(0)
+    with pytest.raises((ClientClosedError, RuntimeError)):
+        await client.lipsync_image(image=IMAGE, audio=AUDIO)
+    await closing
 
 
 async def test_closed_clients_leave_no_store_listener(fake: FakeLipsyncServer) -> None:

@@ -21,13 +21,6 @@ def _done(job_id: str) -> JobState:
     return JobState(id=job_id, status=JobStatus.COMPLETED, output="https://cdn.example.com/o.mp4")
 
 
-async def test_default_client_adds_no_per_job_hook(make_client: ClientFactory) -> None:
-    """Without a store the tracker has no on_final hook: the default path costs nothing more."""
-    client = await make_client()
-    assert client._tracker.on_final is None
-    assert client._store_link is None
-
-
 async def test_submit_is_recorded_before_the_job_is_returned(
     fake: FakeLipsyncServer, make_client: ClientFactory
 ) -> None:

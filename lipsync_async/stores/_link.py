@@ -4,10 +4,16 @@ It records each submit before its ``Job`` is returned, writes final states as jo
 turns the store's pending records back into tracked ``Job``s on resume, and hands the tracker
 the final states other workers announce.
 
-The tracker's ``on_final`` hook is synchronous and runs once per resolved job, so it only
-appends the state to a buffer; one flusher task (started when the buffer fills from empty,
-awaited by ``close``) writes everything buffered in one call to the store. A fan-out of 100,000
-jobs costs a list append per job and a handful of batched writes, never a task per job.
+It subscribes to each job like any user, with ``Job.add_done_callback``, and always with the same
+callable, so a pending job holds a reference to it and nothing allocated for it. The callback
+only appends to a buffer; one flusher task (started when the buffer fills from empty, awaited
+by ``close``) writes everything buffered in one call to the store. A fan-out of 100,000 jobs
+costs a list append per job and a handful of batched writes, never a task per job.
+
+What an ending writes: a final state (completed, failed) is recorded; a job the service does
+not know (404) or that ``cancel()`` stopped is dropped from the pending records, so no later
+``pending()`` resumes it; a job ended by a 401 (this worker's key, not the job) or by the
+client closing stays pending, for a resume.
 """
 
 from __future__ import annotations
@@ -18,9 +24,9 @@ from typing import TYPE_CHECKING, Final
 
 from .._errors import NotFoundError
 from .._job import Job
-from .._models import JobState, JobStatus, Request
+from .._models import JobState, Request
 from ._base import Store, StoreError
-from ._records import record_for, request_from_record
+from ._records import record_for
 
 if TYPE_CHECKING:
     from .._tracker import Tracker
@@ -45,11 +51,11 @@ class StoreLink:
         self._dropped: list[str] = []
         self._flusher: asyncio.Task[None] | None = None
         self._open = False
+        self._on_done = self._job_done  # one bound method, shared by every job's callbacks
 
     async def open(self) -> None:
         await self.store.open()
         self._open = True
-        self._tracker.on_final = self._on_final
         self.store.add_listener(self._heard, self._resync)
         if not await self.store.ready():
             log.warning(
@@ -61,9 +67,8 @@ class StoreLink:
         """Write the outcomes still buffered, then release the store. Never raises."""
         if not self._open:
             return
+        await asyncio.sleep(0)  # done callbacks the tracker's close just scheduled run first
         self._open = False
-        if self._tracker.on_final == self._on_final:
-            self._tracker.on_final = None
         self.store.remove_listener(self._heard)
         try:
             async with asyncio.timeout(_CLOSE_TIMEOUT):
@@ -99,6 +104,7 @@ class StoreLink:
         the service is never dropped on the floor because the store was down.
         """
         final, failure = recorded
+        job.add_done_callback(self._on_done)
         if failure is not None:
             raise StoreError(
                 f"the submit succeeded but the store could not record it: {failure}",
@@ -119,32 +125,30 @@ class StoreLink:
         tracker = self._tracker
         jobs: list[Job] = []
         for record, final in await self.store.pending():
-            job = tracker.get(record.id)
-            if job is None:
-                job = Job(
-                    record.id,
-                    tracker,
-                    request=request_from_record(record),
-                    state=JobState(id=record.id, status=JobStatus.PROCESSING),
-                )
-                if final is None:
-                    tracker.track(job, webhook=False)
+            known = tracker.get(record.id) is not None
+            job = tracker.attach(record.id, poll=final is None)
+            if not known:
+                job.add_done_callback(self._on_done)
             if final is not None:
-                tracker.attach(job)
                 tracker.deliver(final)
             jobs.append(job)
         return jobs
 
     # -- outcomes ----------------------------------------------------------------------------
 
-    def _on_final(self, job: Job) -> None:
-        state = job.state
-        if state is not None and state.is_final:
-            self._finished.append(state)
-        elif isinstance(job._error, NotFoundError):
-            self._dropped.append(job.id)  # the service does not know it: it never resolves
+    def _job_done(self, job: Job) -> None:
+        if job.cancelled():
+            self._dropped.append(job.id)  # the user stopped it: never resume it
         else:
-            return  # e.g. a 401: this worker's key is wrong, not the job; keep it pending
+            error = job.exception()
+            state = job.state
+            if error is None or (state is not None and state.is_final):
+                assert state is not None  # noqa: S101 - a completed or failed job has its state
+                self._finished.append(state)
+            elif isinstance(error, NotFoundError):
+                self._dropped.append(job.id)  # the service does not know it: it never resolves
+            else:
+                return  # a 401 (this worker's key), or the client closed: keep it pending
         if self._flusher is None and self._open:
             self._flusher = asyncio.get_running_loop().create_task(
                 self._flush(), name="lipsync-store-flush"
@@ -185,7 +189,7 @@ class StoreLink:
         self._tracker.deliver(state)
 
     async def _resync(self) -> None:
-        ids = list(self._tracker._jobs)
+        ids = [job.id for job in self._tracker.jobs()]
         if not ids:
             return
         for state in (await self.store.finals(ids)).values():
