@@ -152,7 +152,7 @@ def _countdown(client: LipsyncClient, ids: list[str]) -> asyncio.Event:
             done.set()
 
     for i in ids:
-        client.job(i)._add_waiter(one)
+        client.job(i).add_done_callback(one)
     return done
 
 

@@ -22,12 +22,11 @@ from ._download import download_to
 from ._errors import (
     APIError,
     ClientClosedError,
-    JobTimeoutError,
     SubmissionUncertainError,
     ValidationError,
 )
 from ._http import RetryPolicy, Transport
-from ._job import Job
+from ._job import Job, iter_completed
 from ._models import (
     JobState,
     JobStatus,
@@ -516,33 +515,10 @@ class LipsyncClient:
         and jobs remain; those jobs stay tracked.
         """
         self._check_open()
-        unique = list(dict.fromkeys(jobs))
-        loop = asyncio.get_running_loop()
-        deadline = (
-            None
-            if timeout is None
-            else loop.time() + _positive("timeout", timeout, allow_zero=True)
-        )
-        ready: asyncio.Queue[Job] = asyncio.Queue()
-        put = ready.put_nowait
-        tracker = self._tracker
-        for job in unique:
-            job.add_done_callback(put)
-            tracker.awaited(job)
-        try:
-            for _ in range(len(unique)):
-                if deadline is None:
-                    job = await ready.get()
-                else:
-                    try:
-                        async with asyncio.timeout_at(deadline):
-                            job = await ready.get()
-                    except TimeoutError:
-                        raise JobTimeoutError(None, timeout) from None
-                yield job
-        finally:
-            for job in unique:
-                job.remove_done_callback(put)
+        if timeout is not None:
+            _positive("timeout", timeout, allow_zero=True)
+        async for job in iter_completed(jobs, timeout=timeout):
+            yield job
 
     async def download(
         self,

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Generator
+from collections.abc import AsyncIterator, Callable, Generator, Iterable
 from operator import attrgetter
 from typing import TYPE_CHECKING, Any, Final
 
@@ -39,7 +39,7 @@ from ._models import JobState, JobStatus
 if TYPE_CHECKING:
     from ._tracker import Tracker
 
-__all__ = ["Job", "pack_state"]
+__all__ = ["Job", "iter_completed", "pack_state"]
 
 log = logging.getLogger("lipsync_async")
 
@@ -52,17 +52,25 @@ _CANCELLED: Final = 4
 _CLOSED: Final = 5
 
 _FIELDS: Final = tuple(f.name for f in attrs.fields(JobState) if f.name != "id")
+_STATUS: Final = _FIELDS.index("status")
 _pack = attrgetter(*_FIELDS)
 
 
 def pack_state(state: JobState) -> tuple[Any, ...]:
     """A state without its id, as a plain tuple: what a pending job keeps of it.
 
-    The collector untracks a tuple of strings, numbers and ``None`` the first time it sees it,
-    so a million pending jobs whose state a read changed add nothing to a full collection.
+    The status is kept as its plain string (an enum member is an object the collector tracks),
+    so the collector untracks the tuple the first time it sees it: a million pending jobs whose
+    state a read changed add nothing to a full collection.
     """
     packed: tuple[Any, ...] = _pack(state)
-    return packed
+    return (*packed[:_STATUS], str(state.status.value), *packed[_STATUS + 1 :])
+
+
+def unpack_state(job_id: str, packed: tuple[Any, ...]) -> JobState:
+    fields = dict(zip(_FIELDS, packed, strict=True))
+    fields["status"] = JobStatus(fields["status"])
+    return JobState(id=job_id, **fields)
 
 
 INITIAL: Final = pack_state(JobState(id="", status=JobStatus.PROCESSING))
@@ -123,7 +131,7 @@ class Job:
             state = state.state
         if state is None or isinstance(state, JobState):
             return state
-        return JobState(id=self._id, **dict(zip(_FIELDS, state, strict=True)))
+        return unpack_state(self._id, state)
 
     def done(self) -> bool:
         """True once the job ended: completed, failed, tracking refused, cancelled or closed."""
@@ -318,6 +326,40 @@ class Job:
         if phase == _CANCELLED:
             return asyncio.CancelledError(f"job {self._id} tracking was cancelled")
         return asyncio.InvalidStateError(f"job {self._id} is not done")
+
+
+async def iter_completed(
+    jobs: Iterable[Job], *, timeout: float | None = None
+) -> AsyncIterator[Job]:
+    """Yield each job as it ends, first ended first (``LipsyncClient.as_completed``).
+
+    One shared callback for all the jobs, removed from every job when the iteration stops,
+    early (``break``) or not: nothing of the iterator stays behind on a job.
+    """
+    unique = list(dict.fromkeys(jobs))
+    if not unique:
+        return
+    loop = unique[0]._tracker.loop
+    deadline = None if timeout is None else loop.time() + timeout
+    ready: asyncio.Queue[Job] = asyncio.Queue()
+    put = ready.put_nowait
+    for job in unique:
+        job.add_done_callback(put)
+        job._tracker.awaited(job)
+    try:
+        for _ in range(len(unique)):
+            if deadline is None:
+                job = await ready.get()
+            else:
+                try:
+                    async with asyncio.timeout_at(deadline):
+                        job = await ready.get()
+                except TimeoutError:
+                    raise JobTimeoutError(None, timeout) from None
+            yield job
+    finally:
+        for job in unique:
+            job.remove_done_callback(put)
 
 
 def _run_callback(fn: Callback, job: Job) -> None:
