@@ -19,8 +19,8 @@ grace or a poll interval, plus the slow reads queued); then every finished job i
 from __future__ import annotations
 
 import asyncio
-import os
 import gc
+import os
 import weakref
 from collections.abc import Coroutine
 from typing import Any
@@ -133,7 +133,8 @@ class Lifecycle(RuleBasedStateMachine):
     @rule(data=st.data(), failed=st.booleans())
     def service_finishes(self, data: st.DataObject, failed: bool) -> None:
         if self.service.truth:
-            self.service.finish(data.draw(st.sampled_from(sorted(self.service.truth))), failed=failed)
+            job_id = data.draw(st.sampled_from(sorted(self.service.truth)))
+            self.service.finish(job_id, failed=failed)
 
     @rule(data=st.data(), copies=st.integers(1, 3))
     def deliver(self, data: st.DataObject, copies: int) -> None:
@@ -269,11 +270,11 @@ class Lifecycle(RuleBasedStateMachine):
         pending = [j for j in self.all if not j.done()]
         bound = (GRACE + POLL) * (1 + JITTER) + self.slow + 5 * POLL
 
-        async def all_end() -> None:
+        async def all_end(jobs: list[Job]) -> None:
             async with asyncio.timeout(bound):
-                await asyncio.gather(*pending, return_exceptions=True)
+                await asyncio.gather(*jobs, return_exceptions=True)
 
-        self.run(all_end())  # a stranded job raises TimeoutError (or Stranded) here
+        self.run(all_end(pending))  # a stranded job raises TimeoutError (or Stranded) here
         self.settle()
         refs = [weakref.ref(j) for j in self.all]
         self._retrieve_and_drop()
