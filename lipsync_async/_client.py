@@ -19,7 +19,7 @@ from yarl import URL
 
 from ._download import download_to
 from ._errors import APIError, JobTimeoutError, SubmissionUncertainError, ValidationError
-from ._http import RetryPolicy, Transport
+from ._http import RetryPolicy, Transport, check_base_url
 from ._job import Job
 from ._models import (
     JobState,
@@ -90,6 +90,8 @@ class LipsyncClient:
             :meth:`pending` can resume them after a restart, and final states other workers
             record resolve this client's jobs. A ``webhook`` receiver without a store of its
             own uses this one. ``None`` (the default) keeps everything in this process.
+        allow_insecure: accept an ``http://`` ``base_url`` on a host that is not loopback
+            (the key then travels in clear); refused by default.
     """
 
     def __init__(
@@ -109,6 +111,7 @@ class LipsyncClient:
         backoff_base: float = 0.5,
         backoff_max: float = 30.0,
         store: Store | None = None,
+        allow_insecure: bool = False,
     ) -> None:
         key = api_key if api_key is not None else os.environ.get("LIPSYNC_API_KEY")
         if not key or not isinstance(key, str):
@@ -135,7 +138,7 @@ class LipsyncClient:
             )
         if session is not None and not isinstance(session, aiohttp.ClientSession):
             raise ValidationError("session", "must be an aiohttp.ClientSession")
-        self._base_url = URL(base.rstrip("/"))
+        self._base_url = check_base_url(base, allow_insecure=allow_insecure)
         self._transport = Transport(
             api_key=key,
             base_url=self._base_url,
@@ -150,6 +153,8 @@ class LipsyncClient:
             max_in_flight=max_in_flight,
             rate_limit=rate_limit,
         )
+        if webhook is not None:
+            self._transport.redact(webhook._secret_str)  # an answer echoing its URL
         self._tracker = Tracker(
             self._transport,
             poll_interval=_positive("poll_interval", poll_interval),
@@ -503,6 +508,7 @@ class LipsyncClient:
         *,
         progress: Callable[[int, int | None], object] | None = None,
         max_bytes: int | None = None,
+        overwrite: bool = False,
     ) -> Path:
         """Stream a job's output (or any http(s) URL) to ``path``, atomically.
 
@@ -529,5 +535,11 @@ class LipsyncClient:
         if max_bytes is not None:
             _positive("max_bytes", max_bytes)
         return await download_to(
-            self._transport, url, Path(path), name=name, progress=progress, max_bytes=max_bytes
+            self._transport,
+            url,
+            Path(path),
+            name=name,
+            progress=progress,
+            max_bytes=max_bytes,
+            overwrite=overwrite,
         )

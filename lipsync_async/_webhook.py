@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import hmac
 import inspect
-import ipaddress
 import json
 import logging
 import os
@@ -27,6 +26,7 @@ from yarl import URL
 
 from ._errors import APIError, LipsyncError, NotFoundError, ValidationError
 from ._files import FileRegistry
+from ._http import is_loopback
 from ._models import JobState, check_url
 from ._wire import parse_job_state
 
@@ -48,17 +48,6 @@ class DeliverySink(Protocol):
     def deliver(self, state: JobState) -> bool: ...
 
     async def fetch(self, job_id: str) -> JobState: ...
-
-
-def _is_loopback(host: str | None) -> bool:
-    if not host:
-        return False
-    if host == "localhost" or host.endswith(".localhost"):
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
 
 
 def _reply(status: int, text: str) -> web.Response:
@@ -112,7 +101,7 @@ class WebhookReceiver:
         if public_url is not None:
             check_url("public_url", public_url)
             pub = URL(public_url)
-            if pub.scheme != "https" and not allow_insecure and not _is_loopback(pub.host):
+            if pub.scheme != "https" and not allow_insecure and not is_loopback(pub.host):
                 raise ValidationError(
                     "public_url",
                     "must be https (the service requires HTTPS webhooks) unless it is a "
@@ -266,7 +255,7 @@ class WebhookReceiver:
         try:
             await self._store.record_final(state)
         except LipsyncError as exc:
-            log.warning("delivery for job %s: cannot record it in the store (%s)", state.id, exc)
+            log.warning("delivery for job %r: cannot record it in the store (%s)", state.id, exc)
             return False
         return True
 
@@ -342,10 +331,10 @@ class WebhookReceiver:
                     async with asyncio.timeout(_VERIFY_TIMEOUT):
                         state = await sink.fetch(state.id)
                 except NotFoundError:
-                    log.warning("delivery for job %s: the API does not know it, ignored", state.id)
+                    log.warning("delivery for job %r: the API does not know it, ignored", state.id)
                     return _reply(200, "")
                 except (LipsyncError, TimeoutError) as exc:
-                    log.warning("delivery for job %s: cannot verify now (%r)", state.id, exc)
+                    log.warning("delivery for job %r: cannot verify now (%r)", state.id, exc)
                     return _reply(503, "cannot verify now, retry later")
                 if not state.is_final:
                     # The API lags the delivery: acknowledging would leave the job to the
@@ -358,9 +347,9 @@ class WebhookReceiver:
             if not matched and not await self._record(state):  # another worker's job?
                 return _reply(503, "cannot record the delivery now, retry later")
             log.info(
-                "delivery job=%s status=%s %s",
+                "delivery job=%r status=%r %s",  # %r: the sender's text, escaped
                 state.id,
-                state.status,
+                state.status.value,
                 "matched" if matched else "unknown id (held briefly)",
             )
             return _reply(200, "")
@@ -377,7 +366,7 @@ class WebhookReceiver:
                 if inspect.isawaitable(result):
                     await result
             except Exception:
-                log.exception("on_delivery callback failed for job %s", state.id)
+                log.exception("on_delivery callback failed for job %r", state.id)
                 return _reply(503, "delivery not processed, retry later")
             return _reply(200, "")
         if self._iterating:
