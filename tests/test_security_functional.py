@@ -192,3 +192,38 @@ async def test_newline_in_delivered_job_id_cannot_forge_a_log_line(
     messages = [r.getMessage() for r in caplog.records]
     assert any("VICTIM" in m for m in messages)
     assert all("\n" not in m for m in messages)
+
+
+# -- what it serves -------------------------------------------------------------------------
+
+
+async def test_served_file_swapped_for_a_symlink_is_not_followed(
+    fake: FakeLipsyncServer, make_client: ClientFactory, tmp_path: Path
+) -> None:
+    """A registered input file later replaced by a symlink to a private file (or by another
+    file) is a 404: the route serves the inode registered, never what the path names now."""
+    import aiohttp
+
+    private = tmp_path / "id_rsa"
+    private.write_bytes(b"-----BEGIN PRIVATE KEY-----")
+    private.chmod(0o600)
+    face, voice = tmp_path / "face.png", tmp_path / "voice.mp3"
+    face.write_bytes(b"\x89PNG face")
+    voice.write_bytes(b"ID3 voice")
+    fake.job_duration = 10
+    client = await make_client(webhook=WebhookReceiver(), webhook_grace=5)
+    job = await client.lipsync_image(image=face, audio=voice)
+    form = fake.jobs[job.id].form_state
+    async with aiohttp.ClientSession() as http:
+        async with http.get(form["image"]) as resp:
+            assert resp.status == 200 and await resp.read() == b"\x89PNG face"
+        face.unlink()
+        face.symlink_to(private)
+        async with http.get(form["image"]) as resp:
+            body = await resp.read()
+            assert resp.status == 404 and b"PRIVATE" not in body
+        other = tmp_path / "other.mp3"
+        other.write_bytes(b"not the registered bytes")
+        other.replace(voice)
+        async with http.get(form["audio"]) as resp:
+            assert resp.status == 404
