@@ -164,7 +164,8 @@ class LipsyncClient:
         self._started_receiver = False
         if store is not None and not isinstance(store, Store):
             raise ValidationError("store", "must be a lipsync_async.stores store")
-        self._store_link = None if store is None else StoreLink(store, self._tracker)
+        vet = webhook._vet if webhook is not None and webhook.verify else None
+        self._store_link = None if store is None else StoreLink(store, self._tracker, vet=vet)
         if store is not None and webhook is not None:
             webhook._use_store(store)
         self._loop: asyncio.AbstractEventLoop | None = None
