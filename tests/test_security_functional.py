@@ -227,3 +227,39 @@ async def test_served_file_swapped_for_a_symlink_is_not_followed(
         other.replace(voice)
         async with http.get(form["audio"]) as resp:
             assert resp.status == 404
+
+
+async def test_cli_stderr_never_shows_the_receiver_secret() -> None:
+    """The CLI with a receiver (``--public-url``), against a service whose 400 answer echoes
+    the submit's webhook URL: stderr shows the error, never the receiver's secret."""
+    import asyncio
+    import socket
+    import sys
+
+    sent: list[str] = []
+
+    async def echo(request: web.Request) -> web.StreamResponse:
+        hook = (await request.json())["webhook"]
+        sent.append(hook)
+        return web.json_response({"error": f"cannot reach {hook}"}, status=400)
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    async with RawServer(echo) as api:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("LIPSYNC_")}
+        env.update(LIPSYNC_API_KEY=KEY, LIPSYNC_BASE_URL=api.base_url, PYTHONUNBUFFERED="1")
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "lipsync_async.cli", "image", "--image", IMAGE,
+            "--audio", AUDIO, "--public-url", f"http://127.0.0.1:{port}",
+            "--listen-port", str(port),
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env,
+        )  # fmt: skip
+        out, err = await asyncio.wait_for(process.communicate(), 30)
+    assert process.returncode != 0
+    (hook,) = sent
+    secret = hook.rsplit("/", 1)[-1]
+    assert len(secret) >= 16
+    assert "cannot reach" in err.decode()
+    assert secret not in err.decode() and secret not in out.decode()
+    assert KEY not in err.decode()
