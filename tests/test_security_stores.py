@@ -110,7 +110,8 @@ async def test_redis_bad_pending_record_is_reported_once_and_skipped(
 ) -> None:
     """A pending record whose id holds a lone surrogate (written by any Redis peer) made
     every worker's ``pending()`` raise a bare UnicodeEncodeError; now it is skipped with one
-    WARNING and the other jobs resume."""
+    WARNING and the other jobs resume. So is one whose id holds a newline (it would reach
+    log lines as it is)."""
     import redis.asyncio as aioredis
 
     client = await make_client(store=RedisStore(redis_url, prefix="bad"))
@@ -119,6 +120,8 @@ async def test_redis_bad_pending_record_is_reported_once_and_skipped(
     try:
         await peer.hset("bad:pending", "bad-1", _BAD_ID_RECORD)
         await peer.hset("bad:pending", "bad-2", b"\xff{")
+        forged_line = json.dumps({"id": "x\nERROR forged", "endpoint": "e", "submitted_at": 1})
+        await peer.hset("bad:pending", "bad-3", forged_line)
     finally:
         await peer.aclose()
     caplog.set_level(logging.INFO, logger="lipsync_async")
@@ -127,4 +130,4 @@ async def test_redis_bad_pending_record_is_reported_once_and_skipped(
     assert all(i.isprintable() for i in ids)
     await client.pending()
     skipped = [m for m in _warnings(caplog) if "skipped a pending record" in m]
-    assert len(skipped) == 2 and any("bad-1" in m for m in skipped)
+    assert len(skipped) == 3 and any("bad-1" in m for m in skipped)

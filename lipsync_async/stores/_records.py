@@ -86,14 +86,18 @@ def dump_record(record: PendingRecord) -> str:
 def load_record(text: str | bytes) -> PendingRecord | None:
     """Read a record back; ``None`` (and the caller skips it) if it is not one.
 
-    The id must be one the SDK could have written (``check_job_id``: text UTF-8 can carry):
-    a lone surrogate would fail later, in a Redis key or a status read's URL, far from here.
+    The id must be one the SDK could have written (``check_job_id``: text UTF-8 can carry,
+    and printable): a lone surrogate would fail later, in a Redis key or a status read's URL,
+    far from here, and a newline would reach log lines as it is.
     """
     try:
         data = json.loads(text)
         request = data.get("request")
+        job_id = check_job_id(data["id"], "id")
+        if not job_id.isprintable():
+            return None
         return PendingRecord(
-            id=check_job_id(data["id"], "id"),
+            id=job_id,
             endpoint=str(data["endpoint"]),
             submitted_at=float(data["submitted_at"]),
             request=request if isinstance(request, dict) else {},
