@@ -317,9 +317,8 @@ class WebhookReceiver:
     async def _vet_read(self, sink: DeliverySink, job_id: str) -> None:
         try:
             state = await self._verified(sink, job_id)
-        except (LipsyncError, TimeoutError) as exc:
-            log.warning("store state for job %r: cannot verify it (%r); ignored", job_id, exc)
-            return
+        except (LipsyncError, TimeoutError):
+            return  # logged by _read; the job's own polling goes on
         if state is not None:
             sink.deliver(state)
 
@@ -358,11 +357,19 @@ class WebhookReceiver:
             raise
 
     async def _read(self, sink: DeliverySink, job_id: str) -> JobState:
+        """One verification read; its failure logged here, once, however many wait on it."""
         self.verify_reads += 1
-        # Bounded: a webhook handler must not sit in the transport's retries for minutes (and
-        # hold up the receiver's close); the service retries a 503.
-        async with asyncio.timeout(_VERIFY_TIMEOUT):
-            return await sink.fetch(job_id)
+        try:
+            # Bounded: a webhook handler must not sit in the transport's retries for minutes
+            # (and hold up the receiver's close); the service retries a 503.
+            async with asyncio.timeout(_VERIFY_TIMEOUT):
+                return await sink.fetch(job_id)
+        except NotFoundError:
+            log.warning("job %r: the API does not know it; states claiming it are ignored", job_id)
+            raise
+        except (LipsyncError, TimeoutError) as exc:
+            log.warning("job %r: cannot verify a delivered state now (%r)", job_id, exc)
+            raise
 
     def _read_done(self, job_id: str, task: asyncio.Task[JobState]) -> None:
         if self._verifying.get(job_id) is task:
@@ -441,11 +448,9 @@ class WebhookReceiver:
                     return await self._untracked(state)
                 try:
                     verified = await self._verified(sink, state.id)
-                except NotFoundError:
-                    log.warning("delivery for job %r: the API does not know it, ignored", state.id)
+                except NotFoundError:  # logged once per read, not per POST (see _read)
                     return _reply(200, "")
-                except (LipsyncError, TimeoutError) as exc:
-                    log.warning("delivery for job %r: cannot verify now (%r)", state.id, exc)
+                except (LipsyncError, TimeoutError):
                     return _reply(503, "cannot verify now, retry later")
                 if verified is None:
                     # Read within the grace, and not final then (or the job would be gone):
