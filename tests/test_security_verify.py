@@ -162,3 +162,31 @@ async def test_verify_covers_finals_handed_over_by_pending(
         fake.complete_job(resumed.id)
         state = await resumed.wait(timeout=5)
     assert state.status is JobStatus.COMPLETED and state.output != EVIL
+
+
+async def test_verify_covers_states_resynced_after_a_reconnect(
+    fake: FakeLipsyncServer, make_client: ClientFactory, redis_url: str
+) -> None:
+    """A forged final key found by the resync that follows a subscriber reconnect is read
+    from the API before it resolves anything (it resolved the job as it was)."""
+    import redis.asyncio as aioredis
+
+    fake.job_duration = 30
+    store = RedisStore(redis_url, prefix="v3")
+    client = await make_client(
+        webhook=WebhookReceiver(verify=True), store=store, webhook_grace=30
+    )
+    job = await client.lipsync_image(image=IMAGE, audio=AUDIO)
+    peer = aioredis.Redis.from_url(redis_url)
+    try:
+        await peer.set(f"v3:final:{job.id}", json.dumps(_forged(job.id)))  # no PUBLISH
+        await peer.client_kill_filter(_type="pubsub")  # the subscriber reconnects, resyncs
+    finally:
+        await peer.aclose()
+    for _ in range(250):
+        if fake.requests["GET /jobs"]:
+            break
+        await asyncio.sleep(0.02)
+    await asyncio.sleep(0.1)
+    assert fake.requests["GET /jobs"] == 1
+    assert not job.done()
