@@ -173,9 +173,7 @@ async def test_verify_covers_states_resynced_after_a_reconnect(
 
     fake.job_duration = 30
     store = RedisStore(redis_url, prefix="v3")
-    client = await make_client(
-        webhook=WebhookReceiver(verify=True), store=store, webhook_grace=30
-    )
+    client = await make_client(webhook=WebhookReceiver(verify=True), store=store, webhook_grace=30)
     job = await client.lipsync_image(image=IMAGE, audio=AUDIO)
     peer = aioredis.Redis.from_url(redis_url)
     try:
