@@ -138,6 +138,13 @@ _OPEN_FLAGS: Final = (
 )
 
 
+def _close_opened(opening: asyncio.Future[int | None]) -> None:
+    if not opening.cancelled() and opening.exception() is None:
+        fd = opening.result()
+        if fd is not None:
+            os.close(fd)
+
+
 def _open_registered(served: _Served) -> int | None:
     """Open the registered file, or ``None`` if the path no longer holds that inode."""
     try:
@@ -248,7 +255,12 @@ class FileRegistry:
         served = self._files.get(request.match_info.get("token", ""))
         if served is None or request.match_info.get("name") != served.name:
             return _not_found()
-        fd = await asyncio.get_running_loop().run_in_executor(None, _open_registered, served)
+        opening = asyncio.get_running_loop().run_in_executor(None, _open_registered, served)
+        try:
+            fd = await asyncio.shield(opening)
+        except asyncio.CancelledError:  # the server stops: close what the thread opens
+            opening.add_done_callback(_close_opened)
+            raise
         if fd is None:
             return _not_found()
         self.served += 1
