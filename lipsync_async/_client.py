@@ -25,7 +25,7 @@ from ._errors import (
     SubmissionUncertainError,
     ValidationError,
 )
-from ._http import RetryPolicy, Transport
+from ._http import RetryPolicy, Transport, check_base_url
 from ._job import Job, iter_completed
 from ._models import (
     JobState,
@@ -103,6 +103,8 @@ class LipsyncClient:
             :meth:`pending` can resume them after a restart, and final states other workers
             record resolve this client's jobs. A ``webhook`` receiver without a store of its
             own uses this one. ``None`` (the default) keeps everything in this process.
+        allow_insecure: accept an ``http://`` ``base_url`` on a host that is not loopback
+            (the key then travels in clear); refused by default.
     """
 
     def __init__(
@@ -124,6 +126,7 @@ class LipsyncClient:
         backoff_max: float = 30.0,
         store: Store | None = None,
         close_timeout: float = 10.0,
+        allow_insecure: bool = False,
     ) -> None:
         key = api_key if api_key is not None else os.environ.get("LIPSYNC_API_KEY")
         if not key or not isinstance(key, str):
@@ -158,7 +161,7 @@ class LipsyncClient:
             )
         if session is not None and not isinstance(session, aiohttp.ClientSession):
             raise ValidationError("session", "must be an aiohttp.ClientSession")
-        self._base_url = URL(base.rstrip("/"))
+        self._base_url = check_base_url(base, allow_insecure=allow_insecure)
         self._transport = Transport(
             api_key=key,
             base_url=self._base_url,
@@ -175,6 +178,8 @@ class LipsyncClient:
             rate_limit=rate_limit,
         )
         self._close_timeout = _positive("close_timeout", close_timeout, allow_zero=True)
+        if webhook is not None:
+            self._transport.redact(webhook._secret_str)  # an answer echoing its URL
         self._tracker = Tracker(
             self._transport,
             poll_interval=_positive("poll_interval", poll_interval),
@@ -184,7 +189,8 @@ class LipsyncClient:
         self._started_receiver = False
         if store is not None and not isinstance(store, Store):
             raise ValidationError("store", "must be a lipsync_async.stores store")
-        self._store_link = None if store is None else StoreLink(store, self._tracker)
+        vet = webhook._vet if webhook is not None and webhook.verify else None
+        self._store_link = None if store is None else StoreLink(store, self._tracker, vet=vet)
         if store is not None and webhook is not None:
             webhook._use_store(store)
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -527,6 +533,7 @@ class LipsyncClient:
         *,
         progress: Callable[[int, int | None], object] | None = None,
         max_bytes: int | None = None,
+        overwrite: bool = False,
     ) -> Path:
         """Stream a job's output (or any http(s) URL) to ``path``, atomically.
 
@@ -553,5 +560,11 @@ class LipsyncClient:
         if max_bytes is not None:
             _positive("max_bytes", max_bytes)
         return await download_to(
-            self._transport, url, Path(path), name=name, progress=progress, max_bytes=max_bytes
+            self._transport,
+            url,
+            Path(path),
+            name=name,
+            progress=progress,
+            max_bytes=max_bytes,
+            overwrite=overwrite,
         )

@@ -2,6 +2,14 @@
 
 Disk writes go through a thread (batched to ~1 MiB per hop), so a slow disk never stalls the
 event loop; any failure removes the partial file.
+
+The output host is not trusted with the caller's disk (see SECURITY.md's trust table): into a
+directory, the file gets a plain name that is never a dotfile (``.bashrc`` becomes
+``output.mp4``) and never replaces an existing file unless the caller passes ``overwrite``
+(the final step is a hard link, which fails if the name exists, rather than a rename that
+would replace it). An explicit file path is the caller's own choice and is replaced.
+A body sent with a ``Content-Encoding`` is decompressed by aiohttp, so its ``Content-Length``
+(the compressed size) says nothing about the bytes we count: only ``max_bytes`` applies then.
 """
 
 from __future__ import annotations
@@ -15,7 +23,7 @@ from typing import TYPE_CHECKING, BinaryIO, Final
 
 from yarl import URL
 
-from ._errors import APIConnectionError, APIError
+from ._errors import APIConnectionError, APIError, ValidationError
 
 if TYPE_CHECKING:
     from ._http import Transport
@@ -26,21 +34,31 @@ _CHUNK: Final = 256 * 1024
 _FLUSH: Final = 1024 * 1024
 
 
-def _target(path: Path, name: str | None, url: str) -> Path:
-    if path.is_dir():
-        return path / _file_name(name or URL(url).name)
-    return path
+_DEFAULT_NAME: Final = "output.mp4"
+
+
+def _target(path: Path, name: str | None, url: str, overwrite: bool) -> tuple[Path, bool]:
+    """The file to write and whether it may replace an existing one."""
+    if not path.is_dir():
+        return path, True  # named by the caller: theirs to replace
+    dest = path / _file_name(name or URL(url).name)
+    if not overwrite and dest.exists():
+        raise ValidationError(
+            "path", f"{dest.name!r} already exists in {str(path)!r}; pass overwrite=True"
+        )
+    return dest, overwrite
 
 
 def _file_name(name: str) -> str:
     """A plain file name from a job id or a URL's last segment, which the service chose.
 
     yarl decodes ``%2F`` in a segment, so ``https://cdn/a%2F..%2F..%2Fx`` names ``a/../../x``:
-    only the part after the last separator is kept, and ``.``/``..``/empty become the default,
-    so the file always lands inside the directory the caller gave.
+    only the part after the last separator is kept, and an empty name or one starting with
+    ``.`` (``..``, ``.bashrc``, ``.ssh``) becomes the default, so the file always lands inside
+    the directory the caller gave and is never a hidden file there.
     """
     base = name.replace("\\", "/").rsplit("/", 1)[-1].replace("\0", "")
-    return base if base not in ("", ".", "..") else "output.mp4"
+    return base if base and not base.startswith(".") else _DEFAULT_NAME
 
 
 def _open_temp(dest: Path) -> tuple[Path, BinaryIO]:
@@ -53,10 +71,27 @@ def _write_all(fh: BinaryIO, chunks: list[bytes]) -> None:
     fh.writelines(chunks)
 
 
-def _finish(fh: BinaryIO, tmp: Path, dest: Path) -> None:
+def _finish(fh: BinaryIO, tmp: Path, dest: Path, replace: bool) -> None:
     fh.flush()
     os.fsync(fh.fileno())
     fh.close()
+    if not replace:
+        try:
+            os.link(tmp, dest)  # atomic, and fails if something took the name meanwhile
+        except FileExistsError:
+            tmp.unlink(missing_ok=True)
+            raise ValidationError(
+                "path", f"{dest.name!r} already exists; pass overwrite=True"
+            ) from None
+        except OSError:  # a filesystem without hard links: check, then rename
+            if dest.exists():
+                tmp.unlink(missing_ok=True)
+                raise ValidationError(
+                    "path", f"{dest.name!r} already exists; pass overwrite=True"
+                ) from None
+        else:
+            tmp.unlink()
+            return
     os.replace(tmp, dest)
 
 
@@ -73,11 +108,13 @@ async def download_to(
     name: str | None = None,
     progress: Callable[[int, int | None], object] | None = None,
     max_bytes: int | None = None,
+    overwrite: bool = False,
 ) -> Path:
     """Stream ``url`` into ``path`` atomically; return the final path."""
-    dest = await asyncio.to_thread(_target, path, name, url)
+    dest, replace = await asyncio.to_thread(_target, path, name, url, overwrite)
     async with transport.open_stream(url) as resp:
-        total = resp.content_length
+        # Decompressed on the fly: the Content-Length counts other bytes than ours.
+        total = None if resp.encoded else resp.content_length
         if max_bytes is not None and total is not None and total > max_bytes:
             raise APIError(
                 f"download is {total} bytes, over max_bytes={max_bytes}", status=resp.status
@@ -102,7 +139,7 @@ async def download_to(
                 raise APIConnectionError(f"download truncated: {done} of {total} bytes")
             if pending:
                 await asyncio.to_thread(_write_all, fh, pending)
-            await asyncio.to_thread(_finish, fh, tmp, dest)
+            await asyncio.to_thread(_finish, fh, tmp, dest, replace)
         except BaseException:
             # Synchronous on purpose: it must run even when we are being cancelled, and closing
             # plus unlinking one file is brief.

@@ -8,7 +8,12 @@ webhook secret: input URLs end up in more places (the service's job record, fetc
 a webhook URL, and one leaking must not let anyone forge deliveries.
 
 Only registered files are served. The handler looks the token up in a dict; nothing from the
-request is ever joined to a path, so there is no traversal to defend against. A file stays
+request is ever joined to a path, so there is no traversal to defend against. And the file
+served is the file registered: its device and inode are taken at registration, and each
+request opens the path without following a final symlink (``O_NOFOLLOW``), checks the open
+file is that same inode, and serves *that open file* (through ``/proc/self/fd``), so a file
+swapped afterwards for a symlink to a private key, or for another file, is a 404, with no
+window between the check and the read. A file stays
 served until its job ends (final state, tracking error, ``cancel()``, client close) plus
 ``grace`` seconds, then its URL is a 404. Expiries share one timer: every entry waits the same
 ``grace``, so a deque in due order replaces a heap or a timer per job.
@@ -26,6 +31,7 @@ import mimetypes
 import os
 import re
 import secrets
+import stat
 from collections import deque
 from collections.abc import Iterable
 from pathlib import Path
@@ -33,6 +39,7 @@ from typing import TYPE_CHECKING, Final, NamedTuple
 
 from aiohttp import hdrs, web
 
+from ._errors import ValidationError
 from ._models import check_file
 
 if TYPE_CHECKING:
@@ -88,22 +95,71 @@ class _Served(NamedTuple):
     path: Path
     name: str
     content_type: str
+    identity: tuple[int, int]  # (st_dev, st_ino) at registration
 
 
 class _PlainFileResponse(web.FileResponse):
-    """A ``FileResponse`` that sends exactly the registered file.
+    """A ``FileResponse`` that sends exactly the registered file, from a descriptor we opened.
 
     aiohttp's would send a ``.gz``/``.br`` sibling of the file when the fetcher accepts that
     encoding; a stale ``clip.mp4.gz`` next to ``clip.mp4`` must not stand in for it, so the
-    request it sees has no ``Accept-Encoding``.
+    request it sees has no ``Accept-Encoding``. It opens ``/proc/self/fd/N`` (the inode our
+    descriptor holds, whatever the path names now); the descriptor is closed once sent.
     """
+
+    def __init__(self, fd: int, headers: dict[str, str]) -> None:
+        super().__init__(_fd_path(fd), headers=headers)
+        self._fd: int | None = fd
 
     async def prepare(self, request: BaseRequest) -> AbstractStreamWriter | None:
         if hdrs.ACCEPT_ENCODING in request.headers:
             headers = request.headers.copy()
             del headers[hdrs.ACCEPT_ENCODING]
             request = request.clone(headers=headers)
-        return await super().prepare(request)
+        try:
+            return await super().prepare(request)
+        finally:
+            fd, self._fd = self._fd, None
+            if fd is not None:
+                os.close(fd)
+
+
+def _fd_path(fd: int) -> str:
+    # Linux: /proc/self/fd/N opens the same inode (a magic link, not a path lookup); BSDs and
+    # macOS: /dev/fd/N duplicates the descriptor.
+    return f"/proc/self/fd/{fd}" if os.path.isdir("/proc/self/fd") else f"/dev/fd/{fd}"
+
+
+_OPEN_FLAGS: Final = (
+    os.O_RDONLY
+    | getattr(os, "O_NOFOLLOW", 0)
+    | getattr(os, "O_NONBLOCK", 0)  # a FIFO put in the file's place must not hang the open
+    | getattr(os, "O_CLOEXEC", 0)
+)
+
+
+def _close_opened(opening: asyncio.Future[int | None]) -> None:
+    if not opening.cancelled() and opening.exception() is None:
+        fd = opening.result()
+        if fd is not None:
+            os.close(fd)
+
+
+def _open_registered(served: _Served) -> int | None:
+    """Open the registered file, or ``None`` if the path no longer holds that inode."""
+    try:
+        fd = os.open(served.path, _OPEN_FLAGS)
+    except OSError:  # gone, unreadable, or a symlink now (ELOOP with O_NOFOLLOW)
+        return None
+    try:
+        st = os.fstat(fd)
+    except OSError:
+        os.close(fd)
+        return None
+    if not stat.S_ISREG(st.st_mode) or (st.st_dev, st.st_ino) != served.identity:
+        os.close(fd)
+        return None
+    return fd
 
 
 def _not_found() -> web.Response:
@@ -132,10 +188,14 @@ class FileRegistry:
         nothing.
         """
         resolved = Path(check_file(field, path)).resolve()
+        try:
+            st = os.stat(resolved)
+        except OSError as exc:  # gone between the check and here
+            raise ValidationError(field, f"cannot use {str(path)!r:.200}: {exc}") from None
         self._loop = asyncio.get_running_loop()
         token = secrets.token_urlsafe(32)
         name = safe_name(resolved)
-        self._files[token] = _Served(resolved, name, content_type(name))
+        self._files[token] = _Served(resolved, name, content_type(name), (st.st_dev, st.st_ino))
         return token, name
 
     def discard(self, tokens: Iterable[str]) -> None:
@@ -193,9 +253,17 @@ class FileRegistry:
         served = self._files.get(request.match_info.get("token", ""))
         if served is None or request.match_info.get("name") != served.name:
             return _not_found()
+        opening = asyncio.get_running_loop().run_in_executor(None, _open_registered, served)
+        try:
+            fd = await asyncio.shield(opening)
+        except asyncio.CancelledError:  # the server stops: close what the thread opens
+            opening.add_done_callback(_close_opened)
+            raise
+        if fd is None:
+            return _not_found()
         self.served += 1
         return _PlainFileResponse(
-            served.path,
+            fd,
             headers={
                 hdrs.CONTENT_TYPE: served.content_type,
                 # A cached copy would outlive the URL's expiry; this is not a public asset.

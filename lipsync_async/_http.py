@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import email.utils
+import ipaddress
 import json
 import logging
 import platform
@@ -40,6 +41,7 @@ from ._errors import (
     RateLimitError,
     ServerError,
     SubmissionUncertainError,
+    ValidationError,
     excerpt,
 )
 from ._models import Request
@@ -47,7 +49,15 @@ from ._pacing import Pacer
 from ._retry import Verdict, judge_error, judge_status
 from ._version import __version__
 
-__all__ = ["RetryPolicy", "Stream", "Transport", "error_for_status", "parse_retry_after"]
+__all__ = [
+    "RetryPolicy",
+    "Stream",
+    "Transport",
+    "check_base_url",
+    "error_for_status",
+    "is_loopback",
+    "parse_retry_after",
+]
 
 log = logging.getLogger("lipsync_async")
 
@@ -56,6 +66,31 @@ USER_AGENT: Final = (
 )
 _MAX_RETRY_AFTER: Final = 300.0  # a hostile or broken Retry-After must not park us for a day
 _MAX_ERROR_BODY: Final = 64 * 1024  # what a download's error answer may put in memory
+_DOTS: Final = {".": "%2E", "..": "%2E%2E"}
+
+
+def is_loopback(host: str | None) -> bool:
+    """True for ``localhost``, ``*.localhost`` and loopback IP literals."""
+    if not host:
+        return False
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def check_base_url(base: str, *, allow_insecure: bool) -> URL:
+    """The API's base URL, refused when it would carry the key in clear off this machine."""
+    url = URL(base.rstrip("/"))
+    if url.scheme != "https" and not allow_insecure and not is_loopback(url.host):
+        raise ValidationError(
+            "base_url",
+            f"must be https unless its host is loopback (the key travels in every request); "
+            f"got {url.scheme}://{url.host}; pass allow_insecure=True to accept it",
+        )
+    return url
 
 
 class RetryPolicy:
@@ -139,6 +174,27 @@ def error_for_status(
     return cls(message, status=status, body=body, job_id=job_id)
 
 
+def _redirect_error(
+    method: str, path: str, status: int, raw: bytes, location: str | None, job_id: str | None
+) -> APIError:
+    """A 3xx to an API call: an error naming where it pointed (its origin only: the rest of
+    a ``Location`` may carry anything)."""
+    where = "no Location"
+    if location:
+        try:
+            target = URL(location)
+            where = str(target.origin()) if target.is_absolute() else "the same origin"
+        except (ValueError, TypeError):
+            where = "an unreadable Location"
+    return APIError(
+        f"{method} {path}: redirected to {where}; API calls do not follow redirects "
+        "(check base_url)",
+        status=status,
+        body=excerpt(raw),
+        job_id=job_id,
+    )
+
+
 class Stream:
     """A response body being streamed; aiohttp's errors become the SDK's."""
 
@@ -154,6 +210,13 @@ class Stream:
     @property
     def content_length(self) -> int | None:
         return self._resp.content_length
+
+    @property
+    def encoded(self) -> bool:
+        """True when the body has a ``Content-Encoding`` (gzip...): aiohttp decompresses it,
+        so ``content_length`` is not the number of bytes the chunks add up to."""
+        encoding = self._resp.headers.get("Content-Encoding", "").strip().lower()
+        return encoding not in ("", "identity")
 
     async def chunks(self, size: int) -> AsyncIterator[bytes]:
         try:
@@ -207,13 +270,29 @@ class Transport:
             "Accept": "application/json",
         }
         self._post_headers: Final = {**self._headers, "Content-Type": "application/json"}
-        self._redact = api_key.encode() if api_key else b""
+        # Credentials an answer may echo (the key; the receiver's secret via redact()): each is
+        # replaced before anything reads the answer, so no error, log or CLI line shows it.
+        self._secrets: list[tuple[bytes, bytes]] = []
+        if api_key:
+            self._secrets.append((api_key.encode(), b"sk_***"))
         self.requests_sent = 0  # counters for benchmarks and logs
         self.retries = 0
         self.rate_limited = 0
 
     def __repr__(self) -> str:
         return f"<Transport {self._base!r} in_flight<={self.max_in_flight}>"
+
+    def redact(self, value: str) -> None:
+        """Also scrub ``value`` (the webhook receiver's secret) from every answer read."""
+        raw = value.encode()
+        if raw and all(raw != known for known, _ in self._secrets):
+            self._secrets.append((raw, b"***"))
+
+    def _scrub(self, raw: bytes) -> bytes:
+        for known, mask in self._secrets:
+            if known in raw:
+                raw = raw.replace(known, mask)
+        return raw
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -256,7 +335,12 @@ class Transport:
         return await self._call("POST", f"{self._base}/{endpoint}", body, submit=request)
 
     async def read(self, path: str, *, job_id: str | None = None) -> tuple[int, bytes]:
-        """GET ``path`` under the base URL, retried on connection errors, timeouts, 429, 5xx."""
+        """GET ``path`` under the base URL, retried on connection errors, timeouts, 429, 5xx.
+
+        ``path`` is already escaped. A ``.`` or ``..`` segment in it (an id nobody escaped)
+        is escaped here, so no path can climb out of the API's base.
+        """
+        path = "/".join(_DOTS.get(seg, seg) for seg in path.split("/"))
         return await self._call("GET", f"{self._base}/{path}", None, job_id=job_id)
 
     async def _call(
@@ -288,13 +372,21 @@ class Transport:
                     raise APIConnectionError(f"{method} {self._path(url)}: the client was closed")
                 self.requests_sent += 1
                 try:
+                    # No redirects: a submit's body carries the receiver's secret and the
+                    # served files' URLs, which aiohttp would re-send to any origin a 307 names.
                     async with session.request(
-                        method, url, data=body, headers=headers, timeout=self._timeout
+                        method,
+                        URL(url, encoded=True),  # escaped by us: never re-normalised
+                        data=body,
+                        headers=headers,
+                        timeout=self._timeout,
+                        allow_redirects=False,
                     ) as resp:
                         status = resp.status
                         raw = await resp.read()
                         if status == 429 or status >= 500:
                             retry_after = parse_retry_after(resp.headers.get("Retry-After"))
+                        location = resp.headers.get("Location")
                 except (aiohttp.ClientError, TimeoutError) as exc:
                     verdict, what = judge_error(exc, submit=is_submit)
                     reason = f"{what} ({type(exc).__name__})"
@@ -306,12 +398,21 @@ class Transport:
                 else:
                     # Before any use of the body, success included: an answer that echoes our
                     # headers (a proxy, a debug endpoint) must not carry the key into an error.
-                    if self._redact and self._redact in raw:
-                        raw = raw.replace(self._redact, b"sk_***")
+                    raw = self._scrub(raw)
                     if status != 429:
                         self._pacer.accepted(asyncio.get_running_loop().time())
-                    if status < 400:
+                    if status < 300:
                         return status, raw
+                    if status < 400:
+                        redirect = _redirect_error(
+                            method, self._path(url), status, raw, location, job_id
+                        )
+                        if submit is not None and status == 303:
+                            # "See Other" after a POST is how a server says "created, look
+                            # there": the job may exist. Other 3xx say the request belongs
+                            # elsewhere, and it was not sent there: no job was created.
+                            raise SubmissionUncertainError(submit, redirect.message) from redirect
+                        raise redirect
                     error = error_for_status(status, raw, job_id=job_id, retry_after=retry_after)
                     if status == 429:
                         self.rate_limited += 1
@@ -397,8 +498,7 @@ class Transport:
                     except (aiohttp.ClientError, TimeoutError):
                         pass  # the status is the error; its page is a courtesy
                     resp.release()
-                    if self._redact and self._redact in raw:
-                        raw = raw.replace(self._redact, b"sk_***")
+                    raw = self._scrub(raw)
                     if resp.status == 429 or resp.status >= 500:
                         retry_after = parse_retry_after(resp.headers.get("Retry-After"))
                     error = error_for_status(resp.status, raw, retry_after=retry_after)

@@ -48,24 +48,22 @@ import logging
 import random
 from collections import OrderedDict, deque
 from typing import TYPE_CHECKING, Final
-from urllib.parse import quote
 
 from ._errors import APIError, AuthenticationError, LipsyncError, NotFoundError
 from ._job import INITIAL, Job
 from ._models import JobState
-from ._wire import loads_object, parse_job_state, state_to_wire
+from ._wire import job_path, loads_object, parse_job_state, state_to_wire
 
 if TYPE_CHECKING:
     from ._http import Transport
 
-__all__ = ["Tracker", "job_path"]
+__all__ = ["Tracker"]
 
 log = logging.getLogger("lipsync_async")
 
 _TICK: Final = 0.02  # calendar resolution, seconds
 _GRAIN: Final = 1.0 / 1024  # long delays are rounded up to this fraction of themselves
 _RECENT_MAX: Final = 10_000
-_SAFE_ID: Final = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.")
 
 
 class _Reading:
@@ -80,14 +78,6 @@ class _Reading:
 _READING: Final = _Reading()
 
 Bucket = dict[str, Job]
-
-
-def job_path(job_id: str) -> str:
-    """``jobs/{id}``, with the id escaped if it is not already URL-safe (ids are UUIDs)."""
-    if _SAFE_ID.issuperset(job_id) and job_id.strip(".") != "":
-        return "jobs/" + job_id
-    # quote() leaves dots alone: "." and ".." would be path segments, not an id.
-    return "jobs/" + quote(job_id, safe="").replace(".", "%2E")
 
 
 class Tracker:

@@ -6,6 +6,16 @@ in, bodies are capped, anything malformed gets a 4xx, and nothing a sender does 
 the handler as a 500. Each accepted delivery is handed to a sink: the client's tracker (which
 resolves the job, or holds an early delivery until its submit returns), or, for a process that
 only listens, a callback or ``async for``.
+
+``verify=True`` (SECURITY.md's trust table, the rows of a secret holder and a Redis peer) means
+that every state resolving a job was read from the API with the user's key, whatever path it
+came by: a delivery to this receiver, or a state heard from a shared store (the client hands
+those to :meth:`WebhookReceiver._vet`). The reads are bounded so that forged POSTs cannot spend
+the user's rate limit: none for an id the bound client does not track (it costs nothing until
+a job claims it, and the claim goes through the store or the job's own fallback poll), one in
+flight per job that every concurrent delivery shares, and at most one per job per
+``webhook_grace``. A receiver with no client bound cannot read the API: with ``verify=True``
+it answers 503 and records nothing.
 """
 
 from __future__ import annotations
@@ -13,7 +23,6 @@ from __future__ import annotations
 import asyncio
 import hmac
 import inspect
-import ipaddress
 import json
 import logging
 import os
@@ -27,6 +36,7 @@ from yarl import URL
 
 from ._errors import APIError, LipsyncError, NotFoundError, ValidationError
 from ._files import FileRegistry
+from ._http import is_loopback
 from ._models import JobState, check_url
 from ._wire import parse_job_state
 
@@ -40,25 +50,21 @@ log = logging.getLogger("lipsync_async.webhook")
 _SECRET_RE: Final = re.compile(r"^[A-Za-z0-9_-]{16,128}$")
 _OK: Final = b'{"received":true}'
 _VERIFY_TIMEOUT: Final = 10.0
+_VERIFY_PERIOD: Final = 600.0  # a sink without a webhook_grace: the client's default grace
 
 
 class DeliverySink(Protocol):
-    """Where accepted deliveries go when a client is bound (its tracker)."""
+    """Where accepted deliveries go when a client is bound (its tracker).
+
+    ``get`` says whether a job is tracked (a verification read is spent on tracked jobs only);
+    a ``webhook_grace`` attribute, if the sink has one, is the period of the verify bound.
+    """
 
     def deliver(self, state: JobState) -> bool: ...
 
     async def fetch(self, job_id: str) -> JobState: ...
 
-
-def _is_loopback(host: str | None) -> bool:
-    if not host:
-        return False
-    if host == "localhost" or host.endswith(".localhost"):
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
+    def get(self, job_id: str) -> object | None: ...
 
 
 def _reply(status: int, text: str) -> web.Response:
@@ -77,8 +83,12 @@ class WebhookReceiver:
         path: the route; the receiver's URL is ``{public_url}{path}/{secret}``.
         secret: the unguessable part of the URL. Random per receiver by default; set the same
             value on every worker behind one public URL. 16-128 URL-safe characters.
-        verify: re-read each delivered job from the API before resolving, trusting no delivery
-            (one status read per job; the API's answer wins).
+        verify: trust no delivery: every state that resolves a job of the bound client is
+            read from the API with its key first, whether it came to this receiver or from the
+            shared store; at most one read per job per ``webhook_grace`` however many
+            deliveries arrive, none for ids the client does not track. Without a client bound
+            (listening only, before the client opens, after it closes) deliveries get 503 and
+            nothing is recorded. See SECURITY.md's trust table.
         max_body: bodies over this many bytes get 413.
         allow_insecure: accept an ``http://`` public URL that is not a loopback host (the
             service requires HTTPS; this is for development tunnels only).
@@ -112,7 +122,7 @@ class WebhookReceiver:
         if public_url is not None:
             check_url("public_url", public_url)
             pub = URL(public_url)
-            if pub.scheme != "https" and not allow_insecure and not _is_loopback(pub.host):
+            if pub.scheme != "https" and not allow_insecure and not is_loopback(pub.host):
                 raise ValidationError(
                     "public_url",
                     "must be https (the service requires HTTPS webhooks) unless it is a "
@@ -150,6 +160,13 @@ class WebhookReceiver:
         self._queue: asyncio.Queue[JobState] = asyncio.Queue(maxsize=queue_size)
         self._iterating = 0
         self._sink: DeliverySink | None = None
+        # verify: job id -> loop time of its last verification read (oldest first), the reads
+        # in flight (shared by concurrent deliveries), and the reads for store states.
+        self._verified_at: dict[str, float] = {}
+        self._verifying: dict[str, asyncio.Task[JobState]] = {}
+        self._vetting: set[asyncio.Task[None]] = set()
+        self._warned_unbound = False
+        self.verify_reads = 0  # verification reads made (a figure for tests)
         self._runner: web.AppRunner | None = None
         self._bound_port: int | None = None
         self._attached = False
@@ -266,7 +283,7 @@ class WebhookReceiver:
         try:
             await self._store.record_final(state)
         except LipsyncError as exc:
-            log.warning("delivery for job %s: cannot record it in the store (%s)", state.id, exc)
+            log.warning("delivery for job %r: cannot record it in the store (%s)", state.id, exc)
             return False
         return True
 
@@ -278,6 +295,87 @@ class WebhookReceiver:
     def _unbind(self, sink: DeliverySink) -> None:
         if self._sink is sink:
             self._sink = None
+            for task in (*self._vetting, *self._verifying.values()):
+                task.cancel()
+            self._verified_at.clear()
+
+    # -- verification ------------------------------------------------------------------------
+
+    def _vet(self, state: JobState) -> None:
+        """A state heard from the store: it resolves a job only as the API confirms it.
+
+        Synchronous (the store calls its listeners on the loop): the read runs in a task of
+        its own. Not final, not tracked, or no client bound: nothing to do, no read.
+        """
+        sink = self._sink
+        if sink is None or not state.is_final or sink.get(state.id) is None:
+            return
+        task = asyncio.get_running_loop().create_task(self._vet_read(sink, state.id))
+        self._vetting.add(task)
+        task.add_done_callback(self._vetting.discard)
+
+    async def _vet_read(self, sink: DeliverySink, job_id: str) -> None:
+        try:
+            state = await self._verified(sink, job_id)
+        except (LipsyncError, TimeoutError):
+            return  # logged by _read; the job's own polling goes on
+        if state is not None:
+            sink.deliver(state)
+
+    async def _verified(self, sink: DeliverySink, job_id: str) -> JobState | None:
+        """The API's state of tracked job ``job_id``; ``None`` if it was read lately.
+
+        One read in flight per job, shared by every caller; a new one only ``webhook_grace``
+        after the last began, whatever it found (a failed read counts too, or forged POSTs
+        during an outage would each cost one).
+        """
+        task = self._verifying.get(job_id)
+        if task is None:
+            loop = asyncio.get_running_loop()
+            now = loop.time()
+            period = float(getattr(sink, "webhook_grace", _VERIFY_PERIOD))
+            seen = self._verified_at
+            last = seen.get(job_id)
+            if last is not None and now - last < period:
+                return None
+            seen.pop(job_id, None)
+            while seen:  # oldest first: drop what is out of every window
+                oldest = next(iter(seen))
+                if now - seen[oldest] < period:
+                    break
+                del seen[oldest]
+            seen[job_id] = now
+            task = loop.create_task(self._read(sink, job_id))
+            self._verifying[job_id] = task
+            task.add_done_callback(lambda t: self._read_done(job_id, t))
+        try:
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if task.cancelled() and (current is None or not current.cancelling()):
+                raise LipsyncError("the client closed during the verification read") from None
+            raise
+
+    async def _read(self, sink: DeliverySink, job_id: str) -> JobState:
+        """One verification read; its failure logged here, once, however many wait on it."""
+        self.verify_reads += 1
+        try:
+            # Bounded: a webhook handler must not sit in the transport's retries for minutes
+            # (and hold up the receiver's close); the service retries a 503.
+            async with asyncio.timeout(_VERIFY_TIMEOUT):
+                return await sink.fetch(job_id)
+        except NotFoundError:
+            log.warning("job %r: the API does not know it; states claiming it are ignored", job_id)
+            raise
+        except (LipsyncError, TimeoutError) as exc:
+            log.warning("job %r: cannot verify a delivered state now (%r)", job_id, exc)
+            raise
+
+    def _read_done(self, job_id: str, task: asyncio.Task[JobState]) -> None:
+        if self._verifying.get(job_id) is task:
+            del self._verifying[job_id]
+        if not task.cancelled():
+            task.exception()  # retrieved: every awaiter may have gone
 
     # -- standalone consumption ---------------------------------------------------------------
 
@@ -334,19 +432,31 @@ class WebhookReceiver:
 
     async def _dispatch(self, state: JobState) -> web.StreamResponse:
         sink = self._sink
+        if self.verify and sink is None:
+            # Nothing here can read the API: recording or handing on what a secret holder
+            # said would let it resolve jobs elsewhere (through the store). Retried later.
+            if not self._warned_unbound:
+                self._warned_unbound = True
+                log.warning(
+                    "verify=True but no client is bound to this receiver: deliveries get 503 "
+                    "until one is (a receiver cannot verify without the client's key)"
+                )
+            return _reply(503, "cannot verify deliveries now, retry later")
         if sink is not None:
             if self.verify:
+                if sink.get(state.id) is None:
+                    return await self._untracked(state)
                 try:
-                    # Bounded: a webhook handler must not sit in the transport's retries for
-                    # minutes (and hold up the receiver's close); the service retries a 503.
-                    async with asyncio.timeout(_VERIFY_TIMEOUT):
-                        state = await sink.fetch(state.id)
-                except NotFoundError:
-                    log.warning("delivery for job %s: the API does not know it, ignored", state.id)
+                    verified = await self._verified(sink, state.id)
+                except NotFoundError:  # logged once per read, not per POST (see _read)
                     return _reply(200, "")
-                except (LipsyncError, TimeoutError) as exc:
-                    log.warning("delivery for job %s: cannot verify now (%r)", state.id, exc)
+                except (LipsyncError, TimeoutError):
                     return _reply(503, "cannot verify now, retry later")
+                if verified is None:
+                    # Read within the grace, and not final then (or the job would be gone):
+                    # no second read for this POST; the fallback poll takes it from here.
+                    return _reply(503, "verified lately and not final, retry later")
+                state = verified
                 if not state.is_final:
                     # The API lags the delivery: acknowledging would leave the job to the
                     # fallback poll (webhook_grace later). Have the service deliver again.
@@ -358,9 +468,9 @@ class WebhookReceiver:
             if not matched and not await self._record(state):  # another worker's job?
                 return _reply(503, "cannot record the delivery now, retry later")
             log.info(
-                "delivery job=%s status=%s %s",
+                "delivery job=%r status=%r %s",  # %r: the sender's text, escaped
                 state.id,
-                state.status,
+                state.status.value,
                 "matched" if matched else "unknown id (held briefly)",
             )
             return _reply(200, "")
@@ -377,7 +487,7 @@ class WebhookReceiver:
                 if inspect.isawaitable(result):
                     await result
             except Exception:
-                log.exception("on_delivery callback failed for job %s", state.id)
+                log.exception("on_delivery callback failed for job %r", state.id)
                 return _reply(503, "delivery not processed, retry later")
             return _reply(200, "")
         if self._iterating:
@@ -389,3 +499,20 @@ class WebhookReceiver:
             return _reply(200, "")
         # Closing, or nobody to take it: the service retries later, to us or another worker.
         return _reply(503, "not accepting deliveries now")
+
+    async def _untracked(self, state: JobState) -> web.StreamResponse:
+        """``verify=True``, an id the client does not track: no read, and not held.
+
+        The tracker's early-delivery buffer would resolve a job that claims the id later with
+        this unverified state, so it is not handed there. With a store it is recorded (for the
+        worker tracking the job, whose own receiver verifies it if set so, and for this
+        client's submit of the job, whose claim through the store is verified); without one
+        it is acknowledged and dropped: the job resolves from a later delivery or its poll.
+        """
+        self.received += 1
+        if not await self._record(state):
+            return _reply(503, "cannot record the delivery now, retry later")
+        log.info(
+            "delivery job=%r status=%r not tracked here (unverified)", state.id, state.status.value
+        )
+        return _reply(200, "")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import reprlib
 from typing import Any, Final
+from urllib.parse import quote
 
 import cattrs
 from cattrs.gen import make_dict_unstructure_fn, override
@@ -31,6 +32,7 @@ __all__ = [
     "converter",
     "dump_request",
     "form_state",
+    "job_path",
     "loads_object",
     "parse_job_state",
     "parse_submit_answer",
@@ -92,6 +94,25 @@ def dump_request(request: Request, webhook: str | None = None) -> bytes:
         body["webhook"] = hook
     body["formState"] = form_state(request)
     return json.dumps(body, separators=(",", ":"), allow_nan=False).encode()
+
+
+# -- paths -----------------------------------------------------------------------------------
+
+_SAFE_ID: Final = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.")
+
+
+def job_path(job_id: str) -> str:
+    """``jobs/{id}``, the id one path segment whatever it holds (ids are UUIDs).
+
+    ``quote`` leaves ``.`` alone (it is unreserved), so the ids ``.`` and ``..`` would be dot
+    segments and ``jobs/..`` would read ``/api/v1/``: every dot of an id that is only dots is
+    escaped as ``%2E``, which the transport sends as is (it never re-normalises an API path).
+    """
+    if not job_id.strip("."):
+        return "jobs/" + "%2E" * len(job_id)
+    if _SAFE_ID.issuperset(job_id):
+        return "jobs/" + job_id
+    return "jobs/" + quote(job_id, safe="")
 
 
 # -- answers -> models -----------------------------------------------------------------------

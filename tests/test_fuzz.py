@@ -32,7 +32,6 @@ from hypothesis import strategies as st
 from yarl import URL
 
 from lipsync_async import (
-    APIConnectionError,
     APIError,
     JobStatus,
     LipsyncClient,
@@ -457,22 +456,23 @@ def _redirect_loop(key_seen: list[str]) -> Callable[[web.Request], Any]:
 async def test_redirect_trouble_stays_in_the_error_tree_without_the_key() -> None:
     """Regression: a redirect loop or a redirect to a non-http URL raised aiohttp's
     TooManyRedirects / NonHttpUrlRedirectClientError out of the SDK (not a LipsyncError), and
-    TooManyRedirects' repr shows the request headers: the API key. Now a read is an
-    APIConnectionError and a submit a SubmissionUncertainError, neither chained to it."""
+    TooManyRedirects' repr shows the request headers: the API key. API calls no longer follow
+    redirects (issue 21): each 3xx is an APIError naming where it pointed, sent once, never
+    chained to an aiohttp error."""
     key = "sk_redirect_secret_42"
     seen: list[str] = []
     async with RawServer(_redirect_loop(seen)) as srv:
         async with LipsyncClient(key, base_url=srv.base_url, max_retries=3) as client:
             errors: list[LipsyncError] = []
-            with pytest.raises(APIConnectionError) as read_info:
+            with pytest.raises(APIError, match="redirected") as read_info:
                 await client.get_job("loop")
             errors.append(read_info.value)
-            with pytest.raises(APIConnectionError, match="NonHttpUrlRedirect"):
+            with pytest.raises(APIError, match=r"ftp://evil\.example\.com"):
                 await client.get_job("offsite")
-            with pytest.raises(SubmissionUncertainError, match="TooManyRedirects") as sub_info:
+            with pytest.raises(APIError, match="redirected") as sub_info:
                 await client.lipsync_image(image=IMAGE, audio=AUDIO)
             errors.append(sub_info.value)
-    assert len(seen) <= 3 * 10 + 2  # each failing call made once, not retried
+    assert len(seen) == 3  # each failing call made once, not retried, not followed
     for error in errors:
         chain = [error, error.__cause__, error.__context__]
         assert all(key not in repr(e) and key not in str(e) for e in chain)

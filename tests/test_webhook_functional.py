@@ -203,9 +203,13 @@ async def test_attach_to_own_app(fake: FakeLipsyncServer) -> None:
 async def test_verify_refuses_forged_completion(
     fake: FakeLipsyncServer, make_client: ClientFactory
 ) -> None:
-    """With verify=True a forged 'completed' delivery is checked against the API and ignored."""
+    """With verify=True a forged 'completed' delivery is checked against the API and ignored.
+
+    The genuine delivery that follows within ``webhook_grace`` of that read is not read again
+    (at most one verification read per job per grace): the fallback poll resolves the job.
+    """
     fake.job_duration = 10
-    client = await make_client(webhook=WebhookReceiver(verify=True), webhook_grace=5)
+    client = await make_client(webhook=WebhookReceiver(verify=True), webhook_grace=0.5)
     job = await client.lipsync_image(image=IMAGE, audio=AUDIO)
     receiver = client.webhook
     assert receiver is not None

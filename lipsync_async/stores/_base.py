@@ -174,7 +174,7 @@ class Store(abc.ABC):
             try:
                 on_state(state)
             except Exception:
-                log.exception("store listener failed on job %s", state.id)
+                log.exception("store listener failed on job %r", state.id)
 
     async def _resync_all(self) -> None:
         for _, resync in list(self._listeners):

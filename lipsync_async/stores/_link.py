@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Final
 
 from .._errors import NotFoundError
@@ -44,9 +45,16 @@ Recorded = tuple[JobState | None, StoreError | None]
 class StoreLink:
     """Binds one client's tracker to a store (see the module docstring)."""
 
-    def __init__(self, store: Store, tracker: Tracker) -> None:
+    def __init__(
+        self, store: Store, tracker: Tracker, *, vet: Callable[[JobState], None] | None = None
+    ) -> None:
         self.store = store
         self._tracker = tracker
+        # With a verify=True receiver, states from the store (heard, resynced, handed over by
+        # pending() or add_pending) go to its _vet, which resolves a job only with the API's
+        # answer; otherwise straight to the tracker.
+        self._vet = vet
+        self._deliver: Callable[[JobState], object] = vet or tracker.deliver
         self._finished: list[JobState] = []
         self._dropped: list[str] = []
         self._flusher: asyncio.Task[None] | None = None
@@ -112,7 +120,7 @@ class StoreLink:
                 job=job,
             ) from failure
         if final is not None:
-            self._tracker.deliver(final)
+            self._deliver(final)
 
     # -- resume ------------------------------------------------------------------------------
 
@@ -126,11 +134,12 @@ class StoreLink:
         jobs: list[Job] = []
         for record, final in await self.store.pending():
             known = tracker.get(record.id) is not None
-            job = tracker.attach(record.id, poll=final is None)
+            # With verification, a final the store hands over is checked by a read: poll it.
+            job = tracker.attach(record.id, poll=final is None or self._vet is not None)
             if not known:
                 job.add_done_callback(self._on_done)
             if final is not None:
-                tracker.deliver(final)
+                self._deliver(final)
             jobs.append(job)
         return jobs
 
@@ -186,11 +195,11 @@ class StoreLink:
     def _heard(self, state: JobState) -> None:
         # Unknown ids are held briefly by the tracker: the announcement can beat our own
         # submit's answer when the delivery landed on another worker.
-        self._tracker.deliver(state)
+        self._deliver(state)
 
     async def _resync(self) -> None:
         ids = [job.id for job in self._tracker.jobs()]
         if not ids:
             return
         for state in (await self.store.finals(ids)).values():
-            self._tracker.deliver(state)
+            self._deliver(state)

@@ -7,6 +7,7 @@ of the SDK reads back in another, and a human can inspect it with ``redis-cli`` 
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -14,11 +15,12 @@ from typing import Any
 import attrs
 
 from .._errors import APIError, ValidationError
-from .._models import ENDPOINTS, JobState, Request
+from .._models import ENDPOINTS, JobState, Request, check_job_id
 from .._wire import form_state, parse_job_state, state_to_wire
 from ._base import PendingRecord
 
 __all__ = [
+    "Unreadable",
     "dump_record",
     "dump_state",
     "load_record",
@@ -26,6 +28,34 @@ __all__ = [
     "record_for",
     "request_from_record",
 ]
+
+
+log = logging.getLogger("lipsync_async.stores")
+
+_UNREADABLE_MAX = 10_000
+
+
+class Unreadable:
+    """The records a store skipped because they cannot be read, each reported once.
+
+    A record anyone with write access to the store can corrupt (an id holding a lone
+    surrogate, JSON that is not a record) must not fail every ``pending()`` of every worker,
+    nor be tracked and fail its status read forever: it is skipped, with one WARNING per
+    record per store object (bounded: past 10,000 distinct ones, the oldest are forgotten).
+    """
+
+    def __init__(self, where: str) -> None:
+        self.where = where
+        self._seen: dict[str, None] = {}
+
+    def report(self, key: object) -> None:
+        shown = repr(key)[:120]  # a peer's bytes: escaped, and short
+        if shown in self._seen:
+            return
+        self._seen[shown] = None
+        if len(self._seen) > _UNREADABLE_MAX:
+            del self._seen[next(iter(self._seen))]
+        log.warning("%s: skipped a pending record that cannot be read: %s", self.where, shown)
 
 
 def _dumps(obj: object) -> str:
@@ -54,17 +84,25 @@ def dump_record(record: PendingRecord) -> str:
 
 
 def load_record(text: str | bytes) -> PendingRecord | None:
-    """Read a record back; ``None`` (and the caller skips it) if it is not one."""
+    """Read a record back; ``None`` (and the caller skips it) if it is not one.
+
+    The id must be one the SDK could have written (``check_job_id``: text UTF-8 can carry,
+    and printable): a lone surrogate would fail later, in a Redis key or a status read's URL,
+    far from here, and a newline would reach log lines as it is.
+    """
     try:
         data = json.loads(text)
         request = data.get("request")
+        job_id = check_job_id(data["id"], "id")
+        if not job_id.isprintable():
+            return None
         return PendingRecord(
-            id=str(data["id"]),
+            id=job_id,
             endpoint=str(data["endpoint"]),
             submitted_at=float(data["submitted_at"]),
             request=request if isinstance(request, dict) else {},
         )
-    except (ValueError, TypeError, KeyError, AttributeError):
+    except (ValueError, TypeError, KeyError, AttributeError, RecursionError):
         return None
 
 
@@ -76,7 +114,7 @@ def load_state(text: str | bytes) -> JobState | None:
     """Read a state back; ``None`` if it is not one."""
     try:
         return parse_job_state(json.loads(text))
-    except (ValueError, APIError):
+    except (ValueError, APIError, RecursionError):
         return None
 
 

@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 from .._models import JobState
 from ._base import PendingRecord, Store, StoreError
-from ._records import dump_record, dump_state, load_record, load_state
+from ._records import Unreadable, dump_record, dump_state, load_record, load_state
 
 if TYPE_CHECKING:
     import redis.asyncio as aioredis
@@ -122,6 +122,7 @@ class RedisStore(Store):
         self._subscribed = asyncio.Event()
         self._batch: list[tuple[JobState, asyncio.Future[bool]]] = []
         self._writer: asyncio.Task[None] | None = None
+        self._unreadable = Unreadable(f"Redis store {prefix!r}")
 
     def __repr__(self) -> str:  # the URL may carry a password
         return f"<RedisStore prefix={self.prefix!r} {'open' if self._redis else 'closed'}>"
@@ -205,10 +206,14 @@ class RedisStore(Store):
         client = self._open_client()
         async with self._guard("cannot list pending jobs"):
             raw = await client.hgetall(self._pending_key)
-        records = sorted(
-            (r for text in raw.values() if (r := load_record(text)) is not None),
-            key=lambda r: r.submitted_at,
-        )
+        readable = []
+        for field, text in raw.items():
+            record = load_record(text)
+            if record is None:
+                self._unreadable.report(field)
+            else:
+                readable.append(record)
+        records = sorted(readable, key=lambda r: r.submitted_at)
         finals = await self.finals([r.id for r in records])
         return [(r, finals.get(r.id)) for r in records]
 

@@ -15,6 +15,7 @@ belong on :class:`~lipsync_async.stores.RedisStore`.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import sqlite3
 import time
@@ -25,9 +26,11 @@ from typing import TypeVar
 
 from .._models import JobState
 from ._base import PendingRecord, Store, StoreError
-from ._records import dump_record, dump_state, load_record, load_state
+from ._records import Unreadable, dump_record, dump_state, load_record, load_state
 
 __all__ = ["SQLiteStore"]
+
+log = logging.getLogger("lipsync_async.stores")
 
 T = TypeVar("T")
 
@@ -59,6 +62,7 @@ class SQLiteStore(Store):
         self.timeout = timeout
         self._db: sqlite3.Connection | None = None
         self._executor: ThreadPoolExecutor | None = None
+        self._unreadable = Unreadable(f"SQLite store {str(self.path)!r}")
 
     def __repr__(self) -> str:
         return f"<SQLiteStore {str(self.path)!r} {'open' if self._db is not None else 'closed'}>"
@@ -85,11 +89,37 @@ class SQLiteStore(Store):
             self._executor = None
             raise StoreError(f"cannot open the SQLite store {str(self.path)!r}: {exc}") from exc
 
+    def _create_private(self) -> None:
+        """Create the file ``0600`` before SQLite does (it would use ``0644``, less umask).
+
+        It holds the served-file URLs, whose tokens are the only protection of input files.
+        SQLite gives the ``-wal`` and ``-shm`` files the database file's mode, so they are
+        ``0600`` too. An existing file keeps its mode (the owner chose it); a readable one
+        is worth a warning.
+        """
+        if str(self.path) == ":memory:":
+            return
+        try:
+            fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+        except FileExistsError:
+            if os.stat(self.path).st_mode & 0o077:
+                log.warning(
+                    "SQLite store %r is readable by other users; it holds the URLs of served "
+                    "files: chmod 600 it (and its -wal and -shm)",
+                    str(self.path),
+                )
+            return
+        os.close(fd)
+
     def _connect(self) -> sqlite3.Connection:
+        self._create_private()
         # isolation_level=None: we issue BEGIN/COMMIT ourselves (see _in_transaction).
         db = sqlite3.connect(
             self.path, timeout=self.timeout, isolation_level=None, check_same_thread=False
         )
+        # Text that is not UTF-8 (a corrupted or hand-edited row) must not make every read of
+        # the table fail: it decodes to lone surrogates, which no id check lets through.
+        db.text_factory = _decode_text
         try:
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=NORMAL")
@@ -129,17 +159,21 @@ class SQLiteStore(Store):
         return None if text is None else load_state(text)
 
     async def pending(self) -> list[tuple[PendingRecord, JobState | None]]:
-        def read(db: sqlite3.Connection) -> list[tuple[str, str | None]]:
+        def read(db: sqlite3.Connection) -> list[tuple[object, object, str | None]]:
             return db.execute(
-                "SELECT p.record, f.state FROM pending p LEFT JOIN finals f ON f.id = p.id"
+                "SELECT p.id, p.record, f.state FROM pending p LEFT JOIN finals f ON f.id = p.id"
                 " ORDER BY p.submitted_at"
             ).fetchall()
 
         out: list[tuple[PendingRecord, JobState | None]] = []
-        for record_text, state_text in await self._call(read):
-            record = load_record(record_text)
-            if record is not None:
-                out.append((record, None if state_text is None else load_state(state_text)))
+        for key, record_text, state_text in await self._call(read):
+            # Any column type: the file is anyone's who can write it.
+            record = load_record(record_text) if isinstance(record_text, str | bytes) else None
+            if record is None:
+                self._unreadable.report(key)
+                continue
+            state = load_state(state_text) if isinstance(state_text, str | bytes) else None
+            out.append((record, state))
         return out
 
     async def record_final(self, state: JobState) -> bool:
@@ -179,6 +213,10 @@ class SQLiteStore(Store):
             if state is not None:
                 out[job_id] = state
         return out
+
+
+def _decode_text(raw: bytes) -> str:
+    return raw.decode("utf-8", "surrogateescape")
 
 
 def _in_transaction(db: sqlite3.Connection, fn: Callable[[sqlite3.Connection], T]) -> T:
