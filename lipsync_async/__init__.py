@@ -11,7 +11,7 @@ scheduler for all jobs) or through an embedded :class:`WebhookReceiver`::
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
 from ._client import LipsyncClient
 from ._cost import estimate_credits
@@ -38,6 +38,9 @@ from ._models import (
     LipsyncImageMultiRequest,
     LipsyncImageRequest,
     LipsyncVideoRequest,
+    Order,
+    Request,
+    Resolution,
 )
 from ._webhook import WebhookReceiver
 
@@ -59,7 +62,10 @@ __all__ = [
     "LipsyncImageRequest",
     "LipsyncVideoRequest",
     "NotFoundError",
+    "Order",
     "RateLimitError",
+    "Request",
+    "Resolution",
     "ServerError",
     "SubmissionUncertainError",
     "ValidationError",
@@ -68,15 +74,22 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    # Lazy, like stamina: the version comes from the installed metadata when there is one.
-    if name == "__version__":
-        from importlib.metadata import PackageNotFoundError, version
+if TYPE_CHECKING:
+    # What type checkers see: a plain string attribute. The lazy module ``__getattr__`` below
+    # is hidden from them, so a misspelled import (``from lipsync_async import LipsyncClinet``)
+    # is an error in mypy and pyright instead of an ``Any``.
+    __version__: str
+else:
 
-        try:
-            return version("lipsync-async")
-        except PackageNotFoundError:  # pragma: no cover - running from a bare checkout
-            from ._version import __version__
+    def __getattr__(name: str) -> str:
+        # Lazy, like stamina: the version comes from the installed metadata when there is one.
+        if name == "__version__":
+            from importlib.metadata import PackageNotFoundError, version
 
-            return __version__
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+            try:
+                return version("lipsync-async")
+            except PackageNotFoundError:  # pragma: no cover - running from a bare checkout
+                from ._version import __version__
+
+                return __version__
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -26,6 +26,7 @@ from collections.abc import AsyncIterator, Mapping
 from typing import Final
 
 import aiohttp
+from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
 from ._errors import (
@@ -109,6 +110,7 @@ def error_for_status(
     *,
     job_id: str | None = None,
     retry_after: float | None = None,
+    headers: Mapping[str, str] | None = None,
 ) -> APIError:
     """Map a non-2xx answer to the error tree, with the service's ``error`` text if it sent one."""
     message = ""
@@ -129,12 +131,25 @@ def error_for_status(
         )
     if status == 429:
         return RateLimitError(
-            message, status=status, body=body, job_id=job_id, retry_after=retry_after
+            message,
+            status=status,
+            body=body,
+            job_id=job_id,
+            retry_after=retry_after,
+            headers=headers,
         )
     cls = _STATUS_ERRORS.get(status)
     if cls is None:
         cls = ServerError if status >= 500 else APIError
-    return cls(message, status=status, body=body, job_id=job_id)
+    return cls(message, status=status, body=body, job_id=job_id, headers=headers)
+
+
+def _answer_headers(headers: Mapping[str, str], redact: bytes) -> Mapping[str, str]:
+    """An answer's headers for an ``APIError``: a read-only copy, never an echo of the key."""
+    key = redact.decode(errors="replace")
+    return CIMultiDictProxy(
+        CIMultiDict((k, v.replace(key, "sk_***") if key else v) for k, v in headers.items())
+    )
 
 
 class Stream:
@@ -278,6 +293,7 @@ class Transport:
                         method, url, data=body, headers=headers, timeout=self._timeout
                     ) as resp:
                         status = resp.status
+                        answer_headers = resp.headers
                         raw = await resp.read()
                         if status == 429 or status >= 500:
                             retry_after = parse_retry_after(resp.headers.get("Retry-After"))
@@ -320,7 +336,13 @@ class Transport:
                         self._pacer.accepted(asyncio.get_running_loop().time())
                     if status < 400:
                         return status, raw
-                    error = error_for_status(status, raw, job_id=job_id, retry_after=retry_after)
+                    error = error_for_status(
+                        status,
+                        raw,
+                        job_id=job_id,
+                        retry_after=retry_after,
+                        headers=_answer_headers(answer_headers, self._redact),
+                    )
                     if status == 429:
                         self.rate_limited += 1
                         self.pause(
