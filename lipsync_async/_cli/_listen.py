@@ -2,20 +2,30 @@
 
 For a process that only listens (the submits come from elsewhere, with this receiver's URL as
 their ``webhook``), or to see what the service sends. The URL carries the receiver's secret, so
-it is printed once, on stderr, and never logged.
+it is printed once, on stderr, and never logged. Ctrl-C (SIGINT) exits 130 as the README's
+table says, SIGTERM 0 (a clean stop); a port in use is one line and exit 2.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import signal
 
 import click
 
 from .._models import JobState
 from .._webhook import WebhookReceiver
-from ._common import EXIT_OK, ApiOptions, echo_json, run, state_json
+from ._common import (
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    ApiOptions,
+    PortInUse,
+    echo_json,
+    run,
+    state_json,
+)
 from ._submit import _line
 
 __all__ = ["listen"]
@@ -70,15 +80,29 @@ def listen(
             on_delivery=show,
         )
         stop = asyncio.Event()
+        got: list[int] = []
         loop = asyncio.get_running_loop()
+
+        def on_signal(signum: int) -> None:
+            got.append(signum)
+            stop.set()
+
         for signum in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(NotImplementedError):
-                loop.add_signal_handler(signum, stop.set)
-        async with receiver:
+                loop.add_signal_handler(signum, on_signal, signum)
+        try:
+            await receiver.start()
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise PortInUse("--port", port) from None
+            raise
+        try:
             click.echo(f"listening on {host}:{receiver.port}", err=True)
             click.echo(f"webhook URL (keep it secret): {receiver.url}", err=True)
             await stop.wait()
+        finally:
+            await receiver.close()
         click.echo("stopped", err=True)
-        return EXIT_OK
+        return EXIT_INTERRUPTED if got and got[0] == signal.SIGINT else EXIT_OK
 
     run(opts, serve())
