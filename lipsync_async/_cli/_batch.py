@@ -111,12 +111,20 @@ def batch(opts: ApiOptions, file: Path, concurrency: int, out: Path, download: P
             if status == "uncertain":
                 uncertain.append(lineno)
     if uncertain:
-        err.print(
+        click.echo(  # click, not rich: a log line must not wrap at 80 columns
             f"{len(uncertain)} line(s) had a submit whose answer was lost and are not retried "
-            f"(the job may exist and be billed): lines {_numbers(uncertain)}"
+            f"(the job may exist and be billed): lines {_numbers(uncertain)}",
+            err=True,
         )
     if state.finished:
-        err.print(f"resuming: {state.finished} line(s) already in {out}, skipped")
+        click.echo(f"resuming: {state.finished} line(s) already in {out}, skipped", err=True)
+    attached = [item.line for item in state.work if item.job_id is not None]
+    if attached:
+        click.echo(
+            f"resuming: re-attaching {len(attached)} job(s) an earlier run submitted (from "
+            f"{journal_path.name}), by id, not submitted again: lines {_numbers(attached)}",
+            err=True,
+        )
     if download is not None:
         download.mkdir(parents=True, exist_ok=True)
     files = any(local_files(item.request) for item in state.work)
@@ -139,6 +147,7 @@ class _Batch:
     completed: int = 0
     failed: int = 0
     errors: int = 0
+    resumed: int = 0  # lines already finished when this run started: not this run's work
     stop: asyncio.Event = attrs.field(factory=asyncio.Event)
 
     @property
@@ -249,9 +258,39 @@ class _Counts(ProgressColumn):
 
 
 class _Rate(ProgressColumn):
+    """Lines this run finished per second since it started: lines a resume skipped are not
+    this run's work, and rich's own sampled speed overstates short bursts."""
+
     def render(self, task: Task) -> Text:
-        speed = task.finished_speed or task.speed
-        return Text(f"{speed:.1f} jobs/s" if speed else "- jobs/s", "cyan")
+        rate = _rate(task.fields["n_run"], task.fields["t0"])
+        return Text(f"{rate:.1f} jobs/s" if rate else "- jobs/s", "cyan")
+
+
+def _rate(done: int, started: float) -> float:
+    elapsed = time.monotonic() - started
+    return done / elapsed if done and elapsed > 0 else 0.0
+
+
+class _PlainProgress:
+    """The bar's figures as a plain line every ``every`` seconds, for a log (not a terminal):
+    no cursor movement, no width to wrap at."""
+
+    def __init__(self, every: float = 10.0) -> None:
+        self._every = every
+        self._last = time.monotonic()
+
+    def update(self, batch: _Batch, started: float, *, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self._last < self._every:
+            return
+        self._last = now
+        f = _fields(batch, batch.total, started)
+        click.echo(
+            f"batch: {batch.finished}/{batch.total} {f['n_done']} done, {f['n_failed']} failed, "
+            f"{f['n_errors']} errors, {f['n_pending']} pending, "
+            f"{_rate(f['n_run'], started):.1f} jobs/s",
+            err=True,
+        )
 
 
 async def _run(
@@ -274,6 +313,8 @@ async def _run(
     with contextlib.suppress(NotImplementedError):
         loop.add_signal_handler(signal.SIGINT, interrupt)
     started = time.monotonic()
+    batch.resumed = batch.finished
+    live = err.is_terminal
     progress = Progress(
         TextColumn("[bold]batch"),
         BarColumn(bar_width=16),
@@ -283,16 +324,20 @@ async def _run(
         TextColumn("ETA"),
         TimeRemainingColumn(),
         console=err,
+        disable=not live,  # a log gets _PlainProgress lines instead
     )
+    plain = _PlainProgress()
     total = batch.total
     try:
         with _open_append(out) as results, _open_append(journal_path) as journal, progress:
             task = progress.add_task(
-                "batch", total=total, completed=batch.finished, **_fields(batch, total)
+                "batch", total=total, completed=batch.finished, **_fields(batch, total, started)
             )
 
             def advance() -> None:
-                progress.update(task, completed=batch.finished, **_fields(batch, total))
+                progress.update(task, completed=batch.finished, **_fields(batch, total, started))
+                if not live:
+                    plain.update(batch, started)
 
             if batch.work:
                 async with open_client(opts, local_files=files) as client:
@@ -316,9 +361,11 @@ async def _run(
         with contextlib.suppress(NotImplementedError):
             loop.remove_signal_handler(signal.SIGINT)
     took = time.monotonic() - started
+    ran = batch.finished - batch.resumed
     summary = (
         f"{batch.completed} completed, {batch.failed} failed, {batch.errors} errors, "
-        f"{batch.bad} bad lines skipped, in {took:.1f} s; results in {out}"
+        f"{batch.bad} bad lines skipped, in {took:.1f} s ({ran} this run, "
+        f"{_rate(ran, started):.1f} jobs/s); results in {out}"
     )
     if batch.stop.is_set():
         left = total - batch.finished
@@ -332,12 +379,14 @@ async def _run(
     return EXIT_USAGE if batch.bad else EXIT_OK
 
 
-def _fields(batch: _Batch, total: int) -> dict[str, Any]:
+def _fields(batch: _Batch, total: int, started: float) -> dict[str, Any]:
     return {
         "n_done": batch.completed,
         "n_failed": batch.failed,
         "n_errors": batch.errors,
         "n_pending": total - batch.finished,
+        "n_run": batch.finished - batch.resumed,
+        "t0": started,
     }
 
 
