@@ -354,6 +354,8 @@ async def _run(
                         for w in workers:
                             w.cancel()
                         await asyncio.gather(*workers, return_exceptions=True)
+            if not live:  # the last frame, as a log line
+                plain.update(batch, started, force=True)
     except asyncio.CancelledError:
         if not batch.stop.is_set():
             raise
