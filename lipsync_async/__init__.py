@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from ._asgi import ASGIApp
 from ._client import LipsyncClient
 from ._cost import estimate_credits
 from ._errors import (
@@ -48,6 +49,7 @@ __all__ = [
     "APIConnectionError",
     "APIError",
     "APITimeoutError",
+    "ASGIApp",
     "AuthenticationError",
     "BadRequestError",
     "InsufficientCreditsError",
