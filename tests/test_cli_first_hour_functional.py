@@ -299,3 +299,51 @@ async def test_batch_progress_in_a_log_and_resume_says_what_it_reattached(
     assert "re-attaching 3 job(s)" in r.err and "lines 10, 11, 12" in r.err
     assert "(3 this run" in r.err
     assert len(fake.jobs) == 12  # nothing submitted twice
+
+
+def _budget_file(path: Path) -> None:
+    """Ten 6 s lines at 720p (24 credits each), a 7 s two-speaker line in turn (14 credits),
+    and a video line with no length (the 5 s minimum at 480p: 10 credits)."""
+    lines = [{"endpoint": "image", "image": IMAGE, "audio": AUDIO, "seconds": 6,
+              "resolution": "720p"} for _ in range(10)]  # fmt: skip
+    lines.append({"endpoint": "multi", "image": IMAGE, "left_audio": AUDIO, "right_audio": AUDIO,
+                  "left_seconds": 3, "right_seconds": 4, "order": "left_right"})  # fmt: skip
+    lines.append({"endpoint": "video", "video": VIDEO, "audio": AUDIO})
+    path.write_text("\n".join(json.dumps(x) for x in lines) + "\n")
+
+
+async def test_batch_dry_run_prints_the_total_estimate(
+    fake: FakeLipsyncServer, tmp_path: Path
+) -> None:
+    """batch --dry-run validates every line and prints the total credit estimate (with the
+    lines that gave no audio length counted at the minimum), sends nothing, needs no key."""
+    requests = tmp_path / "requests.jsonl"
+    _budget_file(requests)
+    r = await cli("batch", str(requests), "--dry-run", "--max-credits", "100", fake=None)
+    assert r.code == 0, r.err
+    assert "12 line(s) would be submitted" in r.out
+    assert "estimated cost: at least 264 credits" in r.out
+    assert "1 line(s) give no audio length" in r.out and "over --max-credits 100" in r.out
+    assert not fake.jobs
+
+
+async def test_batch_max_credits_stops_submitting_and_resumes(
+    fake: FakeLipsyncServer, tmp_path: Path
+) -> None:
+    """batch --max-credits N submits lines while this run's estimate stays within N, then
+    stops, says so in one line and exits 2. A rerun
+    with a higher cap submits the rest, and nothing twice."""
+    requests = tmp_path / "requests.jsonl"
+    _budget_file(requests)
+    out = tmp_path / "results.jsonl"
+    r = await cli("batch", str(requests), "--out", str(out), "--max-credits", "100", "-c", "4",
+                  *FAST, fake=fake)  # fmt: skip
+    assert r.code == 2, r.err
+    assert len(fake.jobs) == 4  # 4 x 24 = 96 credits; a fifth would pass 100
+    assert "stopped submitting at --max-credits 100 (96 credits" in r.err
+    assert "8 line(s) not submitted, from line 5" in r.err
+    r = await cli("batch", str(requests), "--out", str(out), "--max-credits", "1000", *FAST,
+                  fake=fake)  # fmt: skip
+    assert r.code == 0, r.err
+    assert len(fake.jobs) == 12
+    assert "(8 this run" in r.err
