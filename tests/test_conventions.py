@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import traceback
+from pathlib import Path
 
 import pytest
 
@@ -95,3 +96,24 @@ async def test_api_error_carries_request_id_and_headers() -> None:
     assert auth.value.request_id and auth.value.request_id != err.request_id
     for value in auth.value.headers.values():
         assert fake.api_key not in value and "sk_wrong_key_123456" not in value
+
+
+def test_packaging_metadata() -> None:
+    """The installed distribution declares what users and indexes look for: the MIT license
+    with its file, the Python versions CI runs, a project URL, and the cli, testing and redis
+    extras (testing brings pytest-asyncio, which the lipsync_emulator fixture needs)."""
+    from importlib.metadata import metadata, requires
+
+    meta = metadata("lipsync-async")
+    classifiers = meta.get_all("Classifier") or []
+    for version in ("3.11", "3.12", "3.13"):
+        assert f"Programming Language :: Python :: {version}" in classifiers
+    assert "Typing :: Typed" in classifiers
+    assert meta["License-Expression"] == "MIT" and "LICENSE" in (meta.get_all("License-File") or [])
+    assert meta.get_all("Project-URL")
+    assert {"cli", "testing", "redis"} <= set(meta.get_all("Provides-Extra") or [])
+    testing = [r for r in requires("lipsync-async") or [] if "testing" in r.partition(";")[2]]
+    assert any(r.startswith("pytest-asyncio") for r in testing)
+    license_file = Path(__file__).resolve().parent.parent / "LICENSE"
+    text = license_file.read_text()
+    assert text.startswith("MIT License") and "2026 lipsync_async developers" in text

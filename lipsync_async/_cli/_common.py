@@ -368,6 +368,8 @@ def cli_words(exc: ValidationError) -> str:
     field = exc.field
     if field in _FLAGS and text.startswith(f"{field}: "):
         text = f"--{field.replace('_', '-')}: " + text[len(field) + 2 :]
+    if field in _MEDIA and ": no such file: " in text:
+        text += " (a URL starts with http:// or https://)"
     return text
 
 
