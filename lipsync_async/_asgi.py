@@ -17,7 +17,9 @@ Mounting::
 The app accepts the route relative to where it is mounted: ``/{secret}`` when mounted at
 ``receiver.path`` (the usual case), or ``{path}/{secret}`` when mounted at the root or under a
 prefix of ``public_url``. Local input files (``pathlib.Path`` media) are served by the aiohttp
-receiver only: under ASGI their URLs answer 404, so pass http(s) URLs.
+receiver only: under ASGI their URLs answer 404, so pass http(s) URLs. A receiver with a
+``store=`` of its own and no client: open and close that store in your app's lifespan (a
+mounted app gets no lifespan events of its own).
 """
 
 from __future__ import annotations

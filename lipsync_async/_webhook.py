@@ -215,6 +215,10 @@ class WebhookReceiver:
         Like :meth:`attach`, a client given this receiver then starts no server of its own."""
         from ._asgi import ReceiverASGIApp
 
+        if self._public_url is None and not self._port:
+            raise ValidationError(
+                "public_url", "is needed to mount the receiver: the address your app serves at"
+            )
         self._attached = True
         return ReceiverASGIApp(self)
 

@@ -17,7 +17,7 @@ import aiohttp
 import pytest
 import uvicorn
 
-from lipsync_async import ASGIApp, JobState, LipsyncClient, WebhookReceiver
+from lipsync_async import ASGIApp, JobState, LipsyncClient, ValidationError, WebhookReceiver
 from lipsync_async.testing import FakeLipsyncServer
 
 from .conftest import AUDIO, IMAGE
@@ -137,3 +137,11 @@ async def test_asgi_route_relative_to_the_mount_point(mount: str) -> None:
         async with http.post(receiver.url, data=body) as r:
             assert r.status == 200
     assert [(s.id, s.error) for s in got] == [("j2", "no face")]
+
+
+def test_asgi_needs_a_public_url() -> None:
+    """A receiver mounted in another server has no address of its own: asgi() without a
+    public_url (or a port) is a ValidationError naming public_url."""
+    with pytest.raises(ValidationError, match="public_url"):
+        WebhookReceiver(None).asgi()
+    assert WebhookReceiver(None, port=8080).asgi() is not None
