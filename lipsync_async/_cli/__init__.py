@@ -22,6 +22,14 @@ from ._submit import cost, image, multi, status, video, wait
 __all__ = ["main"]
 
 
+# click 8.2+ raises this for a bare group; 8.1 prints the help itself and exits 0.
+_NO_ARGS_IS_HELP: tuple[type[click.UsageError], ...] = tuple(
+    cls
+    for cls in (getattr(click.exceptions, "NoArgsIsHelpError", None),)
+    if isinstance(cls, type) and issubclass(cls, click.UsageError)
+)
+
+
 class _OneLineErrors(click.Group):
     """A group whose usage errors are one line on stderr, not click's usage block.
 
@@ -39,7 +47,7 @@ class _OneLineErrors(click.Group):
     ) -> NoReturn:
         try:
             rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
-        except click.exceptions.NoArgsIsHelpError as exc:  # `lipsync-async` alone: the help
+        except _NO_ARGS_IS_HELP as exc:  # `lipsync-async` alone: the help, as click prints it
             click.echo(exc.ctx.get_help() if exc.ctx is not None else exc.format_message())
             sys.exit(EXIT_USAGE)
         except click.UsageError as exc:
