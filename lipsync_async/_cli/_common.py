@@ -100,6 +100,7 @@ class ApiOptions:
     public_url: str | None = None
     listen_host: str = "127.0.0.1"
     listen_port: int = 0
+    log_level: int | None = None  # without --debug or LIPSYNC_LOG_LEVEL (None: silent)
 
 
 def api_options(*, receiver: bool = False) -> Callable[[Callable[..., T]], Callable[..., T]]:
@@ -386,8 +387,9 @@ def _not_found(exc: NotFoundError, base_url: str | None) -> str:
     )
 
 
-def setup_logging(key: str | None, *, debug: bool) -> None:
-    """The SDK's log on stderr: everything with ``--debug``, else ``LIPSYNC_LOG_LEVEL`` if set.
+def setup_logging(key: str | None, *, debug: bool, default: int | None = None) -> None:
+    """The SDK's log on stderr: everything with ``--debug``, else ``LIPSYNC_LOG_LEVEL`` if set,
+    else ``default`` (``None``: silent, the command reports errors itself).
 
     ``LIPSYNC_LOG_LEVEL`` takes a level name (``debug``, ``info``, ``warning``, ``error``) or
     number; an unknown value is one line and exit 2. Lines go through the key scrubber too.
@@ -401,6 +403,8 @@ def setup_logging(key: str | None, *, debug: bool) -> None:
                 f"LIPSYNC_LOG_LEVEL: must be debug, info, warning, error or a number, got {raw!r}",
                 EXIT_USAGE,
             )
+    if level is None:
+        level = default
     logger = logging.getLogger("lipsync_async")
     if level is None:
         # The command reports every error itself, in one line; without this, Python's
@@ -442,7 +446,7 @@ def describe(exc: BaseException, opts: ApiOptions | None = None) -> tuple[str, i
 def run(opts: ApiOptions, main: Coroutine[Any, Any, int]) -> NoReturn:
     """Run ``main`` (which returns an exit code) and exit; errors become one line and a code."""
     try:
-        setup_logging(opts.api_key, debug=opts.debug)
+        setup_logging(opts.api_key, debug=opts.debug, default=opts.log_level)
     except SystemExit:  # a bad LIPSYNC_LOG_LEVEL: `main` never runs
         main.close()
         raise

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import logging
 import signal
 import sys
 from typing import TYPE_CHECKING
@@ -138,7 +139,7 @@ def emulator(
         webhook_delay=webhook_delay,
         seed=seed,
     )
-    setup_logging(api_key, debug=False)
+    setup_logging(api_key, debug=False, default=logging.WARNING)  # a server shows its warnings
     try:
         code = asyncio.run(_serve(fake))
     except KeyboardInterrupt:  # no signal handlers (Windows): Ctrl-C lands here

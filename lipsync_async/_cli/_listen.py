@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import logging
 import signal
 
 import click
@@ -61,7 +62,11 @@ def listen(
     debug: bool,
 ) -> None:
     """Run a webhook receiver and print every delivery until Ctrl-C."""
-    opts = ApiOptions(api_key=secret, base_url=None, poll_interval=5.0, debug=debug)
+    # A long-running listener shows the receiver's warnings (a failing on_delivery, a store
+    # that cannot record) by default; LIPSYNC_LOG_LEVEL or --debug show more.
+    opts = ApiOptions(
+        api_key=secret, base_url=None, poll_interval=5.0, debug=debug, log_level=logging.WARNING
+    )
 
     def show(state: JobState) -> None:
         if as_json:
