@@ -22,6 +22,9 @@ import pytest
 from lipsync_async.testing import FakeLipsyncServer
 from tests.test_cli_functional import AUDIO, FAST, IMAGE, KEY, VIDEO, Result, _env, cli, start
 
+# Several subprocesses per test, on a machine shared with other suites: room beyond the 60 s.
+pytestmark = pytest.mark.timeout(180)
+
 SUBMITS = {
     "video": ("video", "--video", VIDEO, "--audio", AUDIO),
     "image": ("image", "--image", IMAGE, "--audio", AUDIO),
