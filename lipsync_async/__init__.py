@@ -11,8 +11,9 @@ scheduler for all jobs) or through an embedded :class:`WebhookReceiver`::
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
+from ._asgi import ASGIApp
 from ._client import LipsyncClient
 from ._cost import estimate_credits
 from ._errors import (
@@ -39,6 +40,9 @@ from ._models import (
     LipsyncImageMultiRequest,
     LipsyncImageRequest,
     LipsyncVideoRequest,
+    Order,
+    Request,
+    Resolution,
 )
 from ._webhook import WebhookReceiver
 
@@ -46,6 +50,7 @@ __all__ = [
     "APIConnectionError",
     "APIError",
     "APITimeoutError",
+    "ASGIApp",
     "AuthenticationError",
     "BadRequestError",
     "ClientClosedError",
@@ -61,7 +66,10 @@ __all__ = [
     "LipsyncImageRequest",
     "LipsyncVideoRequest",
     "NotFoundError",
+    "Order",
     "RateLimitError",
+    "Request",
+    "Resolution",
     "ServerError",
     "SubmissionUncertainError",
     "ValidationError",
@@ -70,15 +78,22 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    # Lazy, like stamina: the version comes from the installed metadata when there is one.
-    if name == "__version__":
-        from importlib.metadata import PackageNotFoundError, version
+if TYPE_CHECKING:
+    # What type checkers see: a plain string attribute. The lazy module ``__getattr__`` below
+    # is hidden from them, so a misspelled import (``from lipsync_async import LipsyncClinet``)
+    # is an error in mypy and pyright instead of an ``Any``.
+    __version__: str
+else:
 
-        try:
-            return version("lipsync-async")
-        except PackageNotFoundError:  # pragma: no cover - running from a bare checkout
-            from ._version import __version__
+    def __getattr__(name: str) -> str:
+        # Lazy, like stamina: the version comes from the installed metadata when there is one.
+        if name == "__version__":
+            from importlib.metadata import PackageNotFoundError, version
 
-            return __version__
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+            try:
+                return version("lipsync-async")
+            except PackageNotFoundError:  # pragma: no cover - running from a bare checkout
+                from ._version import __version__
+
+                return __version__
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

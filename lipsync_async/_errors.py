@@ -25,6 +25,8 @@ messages are built from the service's answer and the request path only.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from types import MappingProxyType
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -62,6 +64,19 @@ def excerpt(body: str | bytes | None, limit: int = _EXCERPT) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
+_NO_HEADERS: Mapping[str, str] = MappingProxyType({})
+_REQUEST_ID_HEADERS = ("x-request-id", "request-id")
+
+
+def _request_id(headers: Mapping[str, str]) -> str | None:
+    # By lowered name: a plain dict is case-sensitive, aiohttp's CIMultiDictProxy is not.
+    found = {k.lower(): v for k, v in headers.items() if k.lower() in _REQUEST_ID_HEADERS}
+    for name in _REQUEST_ID_HEADERS:
+        if found.get(name):
+            return excerpt(found[name], 100)
+    return None
+
+
 class LipsyncError(Exception):
     """Base of every error lipsync_async raises on purpose."""
 
@@ -79,15 +94,26 @@ class APIError(LipsyncError):
 
     ``.status`` is the HTTP status, ``.message`` the service's ``error`` text (or a description
     of what was wrong with the answer), ``.body`` a short excerpt of the raw answer.
+    ``.headers`` are the answer's headers (case-insensitive lookups; empty when the error was
+    built without an answer) and ``.request_id`` the service's ``X-Request-Id`` when it sent
+    one: quote it when you ask the service's support about a failed call.
     """
 
     def __init__(
-        self, message: str, *, status: int, body: str = "", job_id: str | None = None
+        self,
+        message: str,
+        *,
+        status: int,
+        body: str = "",
+        job_id: str | None = None,
+        headers: Mapping[str, str] | None = None,
     ) -> None:
         self.status = status
         self.message = message
         self.body = body
         self.job_id = job_id
+        self.headers: Mapping[str, str] = headers if headers is not None else _NO_HEADERS
+        self.request_id: str | None = _request_id(self.headers)
         text = f"HTTP {status}: {message}"
         if job_id:
             text += f" (job {job_id})"
@@ -123,8 +149,9 @@ class RateLimitError(APIError):
         body: str = "",
         job_id: str | None = None,
         retry_after: float | None = None,
+        headers: Mapping[str, str] | None = None,
     ) -> None:
-        super().__init__(message, status=status, body=body, job_id=job_id)
+        super().__init__(message, status=status, body=body, job_id=job_id, headers=headers)
         self.retry_after = retry_after
 
 
@@ -196,3 +223,12 @@ class ClientClosedError(LipsyncError):
             else "the client was closed before this submit was sent: nothing was submitted"
         )
         self.job_id = job_id
+
+
+# Tracebacks and reprs name the public path users import from (``lipsync_async.NotFoundError``),
+# not this private module, like httpx and stamina do.
+for _name in __all__:
+    _obj = globals()[_name]
+    if isinstance(_obj, type):
+        _obj.__module__ = "lipsync_async"
+del _name, _obj

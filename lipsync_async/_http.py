@@ -27,6 +27,7 @@ from collections.abc import AsyncIterator, Mapping
 from typing import Final
 
 import aiohttp
+from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
 from ._errors import (
@@ -146,6 +147,7 @@ def error_for_status(
     *,
     job_id: str | None = None,
     retry_after: float | None = None,
+    headers: Mapping[str, str] | None = None,
 ) -> APIError:
     """Map a non-2xx answer to the error tree, with the service's ``error`` text if it sent one."""
     message = ""
@@ -166,12 +168,32 @@ def error_for_status(
         )
     if status == 429:
         return RateLimitError(
-            message, status=status, body=body, job_id=job_id, retry_after=retry_after
+            message,
+            status=status,
+            body=body,
+            job_id=job_id,
+            retry_after=retry_after,
+            headers=headers,
         )
     cls = _STATUS_ERRORS.get(status)
     if cls is None:
         cls = ServerError if status >= 500 else APIError
-    return cls(message, status=status, body=body, job_id=job_id)
+    return cls(message, status=status, body=body, job_id=job_id, headers=headers)
+
+
+def _answer_headers(
+    headers: Mapping[str, str], secrets: list[tuple[bytes, bytes]]
+) -> Mapping[str, str]:
+    """An answer's headers for an ``APIError``: a read-only copy, never an echo of the key or
+    the receiver's secret."""
+    masks = [(k.decode(errors="replace"), m.decode()) for k, m in secrets]
+
+    def clean(value: str) -> str:
+        for known, mask in masks:
+            value = value.replace(known, mask)
+        return value
+
+    return CIMultiDictProxy(CIMultiDict((k, clean(v)) for k, v in headers.items()))
 
 
 def _redirect_error(
@@ -383,6 +405,7 @@ class Transport:
                         allow_redirects=False,
                     ) as resp:
                         status = resp.status
+                        answer_headers = resp.headers
                         raw = await resp.read()
                         if status == 429 or status >= 500:
                             retry_after = parse_retry_after(resp.headers.get("Retry-After"))
@@ -413,7 +436,13 @@ class Transport:
                             # elsewhere, and it was not sent there: no job was created.
                             raise SubmissionUncertainError(submit, redirect.message) from redirect
                         raise redirect
-                    error = error_for_status(status, raw, job_id=job_id, retry_after=retry_after)
+                    error = error_for_status(
+                        status,
+                        raw,
+                        job_id=job_id,
+                        retry_after=retry_after,
+                        headers=_answer_headers(answer_headers, self._secrets),
+                    )
                     if status == 429:
                         self.rate_limited += 1
                         self.pause(

@@ -284,7 +284,8 @@ class Job:
         """End tracking with the error a read got (404, 401). True if this call ended it."""
         if self._phase != _PENDING:
             return False
-        self._state = _Ended(self._state, error)
+        # Without the read's traceback: its frames hold the tracker, the reader and this job.
+        self._state = _Ended(self._state, error.with_traceback(None))
         self._end(_ENDED)
         return True
 
@@ -320,7 +321,7 @@ class Job:
         if phase == _FAILED:
             return JobFailed(self._state)
         if phase == _ENDED:
-            return self._state.error.with_traceback(None)  # type: ignore[no-any-return]
+            return _fresh(self._state.error)
         if phase == _CLOSED:
             return ClientClosedError(self._id)
         if phase == _CANCELLED:
@@ -360,6 +361,20 @@ async def iter_completed(
     finally:
         for job in unique:
             job.remove_done_callback(put)
+
+
+def _fresh(error: LipsyncError) -> LipsyncError:
+    """A copy of ``error`` to raise: same type, message and attributes, no traceback yet.
+
+    Raising the stored object itself would hang each raise's traceback on it (growing, and
+    holding the frames of whoever awaited: a cycle through the job). ``__new__`` without
+    ``__init__``, because the error classes' constructors take keyword-only details.
+    """
+    copy = type(error).__new__(type(error))
+    copy.__dict__.update(error.__dict__)
+    copy.args = error.args
+    copy.__cause__ = error.__cause__
+    return copy
 
 
 def _run_callback(fn: Callback, job: Job) -> None:

@@ -85,6 +85,14 @@ class JobState:
         """True once the job completed or failed."""
         return self.status.is_final
 
+    def to_wire(self) -> dict[str, Any]:
+        """The state in the service's own JSON names (``executionTime``, ``status`` as text),
+        as ``GET /jobs/{id}`` and the CLI's ``--json`` show it."""
+        # Imported here: `_wire` imports this module, and models stay free of cattrs at import.
+        from ._wire import state_to_wire
+
+        return state_to_wire(self)
+
 
 def check_job_id(value: object, field: str = "job_id") -> str:
     """Return ``value`` if it can be a job id: a non-blank string that UTF-8 can carry."""

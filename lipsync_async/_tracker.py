@@ -403,12 +403,13 @@ class Tracker:
         try:
             state = await self.fetch(job.id)
         except (NotFoundError, AuthenticationError) as exc:
-            log.warning("job %r: status read refused, tracking ends: %s", job.id, exc)
+            log.warning("job %r: status read refused, tracking ends: %s", job.id, str(exc))
             self.refuse(job, exc)
             return
         except LipsyncError as exc:
             # A failed read is not a failed job: read again at the next interval.
-            log.warning("job %r: status read failed, will retry: %s", job.id, exc)
+            # str(exc): a record kept by a handler must not keep the traceback (and the job).
+            log.warning("job %r: status read failed, will retry: %s", job.id, str(exc))
         except Exception:
             # A bug must not strand the job (it would stay "being read" forever) nor kill
             # this reader with an exception nobody retrieves.

@@ -41,6 +41,7 @@ from ._models import JobState, check_url
 from ._wire import parse_job_state
 
 if TYPE_CHECKING:
+    from ._asgi import ASGIApp
     from .stores import Store
 
 __all__ = ["DeliverySink", "WebhookReceiver"]
@@ -224,6 +225,56 @@ class WebhookReceiver:
             app.on_startup.append(self._open_store)
             app.on_cleanup.append(self._close_store)
         self._attached = True
+
+    def asgi(self) -> ASGIApp:
+        """This receiver as an ASGI application, to mount in FastAPI or Starlette instead of
+        serving it with aiohttp: ``app.mount(receiver.path, receiver.asgi())`` (see ``_asgi``).
+        Like :meth:`attach`, a client given this receiver then starts no server of its own."""
+        from ._asgi import ReceiverASGIApp
+
+        if self._public_url is None and not self._port:
+            raise ValidationError(
+                "public_url", "is needed to mount the receiver: the address your app serves at"
+            )
+        self._attached = True
+        return ReceiverASGIApp(self)
+
+    async def _receive_http(
+        self, method: str, secret: str, body: bytes
+    ) -> tuple[int, dict[str, str], bytes]:
+        """One request to ``{path}/{secret}`` from a server that is not aiohttp (the ASGI app):
+        the same checks, in the same order, as ``_accept``, then the same ``_dispatch``.
+        ``body`` is at most ``max_body + 1`` bytes (the caller stops reading there).
+        Returns the status, headers and body to answer with."""
+
+        async def answer() -> web.StreamResponse:
+            if not hmac.compare_digest(secret.encode(), self._secret):
+                return _reply(404, "not found")
+            if method != "POST":
+                return web.Response(status=405, headers={"Allow": "POST"})
+            if len(body) > self.max_body:
+                return _reply(413, f"body over {self.max_body} bytes")
+            try:
+                data = json.loads(body)
+            except (ValueError, UnicodeDecodeError, RecursionError):
+                return _reply(400, "body is not JSON")
+            if not isinstance(data, dict):
+                return _reply(400, "body is not a JSON object")
+            try:
+                state = parse_job_state(data)
+            except APIError as exc:
+                return _reply(400, exc.message)
+            return await self._dispatch(state)
+
+        try:
+            reply = await answer()
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # as in _handle: a bug of ours is a 503 the service retries
+            log.exception("webhook handler error")
+            reply = _reply(503, "temporarily unavailable")
+        body_out = reply.body if isinstance(reply, web.Response) else None
+        return reply.status, dict(reply.headers), body_out if isinstance(body_out, bytes) else b""
 
     async def start(self) -> None:
         """Listen on ``host:port`` (no access log: the path carries the secret)."""

@@ -33,6 +33,9 @@ class _AutojumpSelector(selectors.DefaultSelector):
         self._vloop = loop
 
     def select(self, timeout: float | None = None) -> list[tuple[Any, int]]:
+        # Each loop turn costs `step` of virtual time (0 by default): with a step, a timer can
+        # fall due between two turns of one task, as on a real clock.
+        self._vloop.now += self._vloop.step
         events: list[tuple[Any, int]] = super().select(0)
         if events:
             return events
@@ -53,8 +56,9 @@ class _AutojumpSelector(selectors.DefaultSelector):
 class VirtualLoop(asyncio.SelectorEventLoop):
     """An event loop on virtual time (see the module docstring)."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, step: float = 0.0) -> None:
         self.now = 1000.0
+        self.step = step
         super().__init__(_AutojumpSelector(self))
 
     def time(self) -> float:

@@ -11,6 +11,8 @@ import pytest
 from lipsync_async import LipsyncClient
 from lipsync_async.testing import FakeLipsyncServer
 
+from .stores_support import REDIS_SERVER
+
 IMAGE = "https://media.example.com/face.png"
 AUDIO = "https://media.example.com/voice.mp3"
 VIDEO = "https://media.example.com/clip.mp4"
@@ -40,3 +42,12 @@ async def make_client(fake: FakeLipsyncServer) -> AsyncIterator[ClientFactory]:
             return await stack.enter_async_context(client)
 
         yield make
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """One line on how to run the Redis tests, when this machine skipped them."""
+    if REDIS_SERVER is None:
+        terminalreporter.write_line(
+            "Redis store tests skipped: redis-server is not on PATH; install it "
+            "(apt-get install redis-server) and rerun ./.ci/test to run them."
+        )

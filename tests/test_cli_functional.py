@@ -243,7 +243,7 @@ async def test_exit_3_on_api_errors_and_the_key_is_never_shown(fake: FakeLipsync
     )  # fmt: skip
     assert r.code == 3 and "Traceback" in r.err
     r = await cli("status", str(uuid.uuid4()), "--debug", *FAST, fake=fake)
-    assert r.code == 3 and "404" in r.err
+    assert r.code == 2 and "404" in r.err  # an unknown id is bad input (README's table)
 
 
 async def test_exit_3_on_network_errors(fake: FakeLipsyncServer) -> None:
@@ -365,8 +365,8 @@ async def test_batch_ctrl_c_keeps_finished_lines_and_resumes_without_paying_twic
 
 
 async def test_listen_prints_deliveries() -> None:
-    """`listen` prints its webhook URL on stderr, each accepted delivery on stdout, and exits 0
-    on Ctrl-C; a POST without the secret is refused."""
+    """`listen` prints its webhook URL on stderr, each accepted delivery on stdout, and exits
+    130 on Ctrl-C (the README's table); a POST without the secret is refused."""
     process = await start("listen", "--json", env=_env(None))
     assert process.stderr is not None and process.stdout is not None
     try:
@@ -392,4 +392,4 @@ async def test_listen_prints_deliveries() -> None:
         if process.returncode is None:
             process.kill()
             await process.wait()
-    assert process.returncode == 0
+    assert process.returncode == 130

@@ -769,7 +769,7 @@ async def test_pytest_fixture_yields_a_started_emulator(
 
 async def test_cli_emulator_serves_until_sigint(http: aiohttp.ClientSession) -> None:
     """`lipsync-async emulator` prints its base URL and key, serves requests with that key,
-    and exits 0 on SIGINT."""
+    and exits 130 on SIGINT (Ctrl-C), as the README's exit code table says."""
     script = Path(sys.executable).with_name("lipsync-async")
     command = (
         [str(script)]
@@ -812,5 +812,5 @@ async def test_cli_emulator_serves_until_sigint(http: aiohttp.ClientSession) -> 
         if process.returncode is None:
             process.kill()
             await process.wait()
-    assert process.returncode == 0, stderr.decode()
+    assert process.returncode == 130, stderr.decode()
     assert b"stopped" in stdout

@@ -21,6 +21,7 @@ CASES: dict[str, tuple[tuple[str, ...], str]] = {
     "fan_out.py": ((), "300 jobs: "),
     "webhook_receiver.py": ((), "status reads: 0"),
     "aiohttp_app.py": ((), "resolved by the mounted receiver"),
+    "asgi_app.py": ((), "resolved by the ASGI-mounted receiver"),
     "resume_by_id.py": ((), "resumed 3 jobs by id: 3 completed"),
     "uncertain_submit.py": ((), "the service created 20 jobs"),
     "demo.py": (("--jobs", "30", "--duration", "0.2"), "none twice"),

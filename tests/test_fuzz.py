@@ -165,6 +165,18 @@ def _run_in_one_loop(
         loop.close()
 
 
+def _acceptable_id(value: object) -> bool:
+    """A job id the SDK takes where ids enter: non-blank text, at most 256 characters, that
+    UTF-8 can carry (a JSON escape can make a lone surrogate)."""
+    if not isinstance(value, str) or not value.strip() or len(value) > 256:
+        return False
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _expected_status(body: bytes, max_body: int) -> int:
     """What an authenticated POST with ``body`` must get, decided without the SDK's parser."""
     if len(body) > max_body:
@@ -175,7 +187,7 @@ def _expected_status(body: bytes, max_body: int) -> int:
         return 400
     if not isinstance(data, dict):
         return 400
-    ok_id = isinstance(data.get("id"), str) and data["id"] != ""
+    ok_id = _acceptable_id(data.get("id"))
     ok_status = isinstance(data.get("status"), str) and data["status"] != ""
     return 200 if ok_id and ok_status else 400
 

@@ -65,34 +65,36 @@ def final(service: ScriptedService, job_id: str, *, failed: bool = False) -> Job
     )
 
 
-def test_a_read_ending_as_the_next_bucket_fires_strands_no_job(vloop: VirtualLoop) -> None:
-    """Regression (issue 12): with one reader allowed, a read that ends in the same loop turn as
-    the next bucket falls due left that bucket's job queued with no reader, forever (the old
-    scheduler counted a reader that had returned but whose done-callback had not run). Every
-    alignment of the read's end against the bucket's timer is tried; both jobs must end."""
-    for offset in range(0, 60):
-        loop = VirtualLoop()
+def test_a_read_ending_as_the_next_bucket_fires_strands_no_job() -> None:
+    """Regression (issue 12): with one reader allowed, a bucket falling due between the step in
+    which the reader saw the queue empty and the step in which it stopped being counted left
+    that bucket's job queued with no reader, forever (the old scheduler counted a reader that
+    had returned but whose done-callback had not run yet). Each loop turn here costs 1 ms of
+    virtual time and the read's length sweeps the window, so one run lands the bucket exactly
+    there; both jobs must end in every run."""
+    for tenth_ms in range(300, 460, 2):
+        loop = VirtualLoop(step=0.001)
         try:
-            states = _two_jobs_one_reader(loop, offset * 0.001)
-            assert [s.status for s in states] == [JobStatus.COMPLETED] * 2, offset
+            states = _two_jobs_one_reader(loop, tenth_ms / 10_000)
+            assert [s.status for s in states] == [JobStatus.COMPLETED] * 2, tenth_ms
         finally:
             loop.close()
 
 
-def _two_jobs_one_reader(loop: VirtualLoop, offset: float) -> list[JobState]:
-    service = ScriptedService(max_in_flight=1, read_delay=0.04, align=0.02)
-    tracker = tracker_on(loop, service, poll=1.0, grace=0.03)
+def _two_jobs_one_reader(loop: VirtualLoop, read: float) -> list[JobState]:
+    service = ScriptedService(max_in_flight=1, read_delay=read)
+    tracker = tracker_on(loop, service, poll=1.0, grace=1.04)
 
     async def scenario() -> list[JobState]:
         service.create("A")
         service.create("B")
-        a = tracker.submitted("A", webhook=False)  # read at ~1 s, ending on a tick
-        await asyncio.sleep(1.0 + offset)
-        b = tracker.submitted("B", webhook=True)  # due 30 ms later: during A's read
-        await asyncio.sleep(0.5)
-        final(service, "A")
+        a = tracker.submitted("A", webhook=False)  # read from ~1.0 s, for `read` seconds
+        b = tracker.submitted("B", webhook=True)  # due two ticks after A: as A's read ends
+        final(service, "A")  # A's one read ends it: no later poll of A can rescue B
+        await asyncio.sleep(1.2)
         final(service, "B")
-        states = list(await asyncio.gather(a, b))
+        async with asyncio.timeout(30):  # a stranded job: nothing else would end this wait
+            states = list(await asyncio.gather(a, b))
         await tracker.close()
         return states
 

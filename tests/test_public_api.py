@@ -31,6 +31,7 @@ SPEC_NAMES = {
     "APIError", "BadRequestError", "AuthenticationError", "InsufficientCreditsError",
     "NotFoundError", "RateLimitError", "ServerError", "APIConnectionError", "APITimeoutError",
     "SubmissionUncertainError", "JobFailed", "JobTimeoutError", "ValidationError",
+    "Resolution", "Order",
 }  # fmt: skip
 
 
@@ -47,7 +48,7 @@ def test_version_is_lazy_string() -> None:
     """__version__ resolves lazily to a version string; unknown attributes still fail."""
     assert lipsync_async.__version__.count(".") >= 2
     with pytest.raises(AttributeError):
-        _ = lipsync_async.no_such_name
+        _ = lipsync_async.no_such_name  # type: ignore[attr-defined]  # mypy sees it too
 
 
 def test_error_tree() -> None:

@@ -6,18 +6,13 @@ import asyncio
 import secrets
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Iterator
-from pathlib import Path
+from collections.abc import Iterator
 
 import pytest
 
 from lipsync_async import JobState, JobStatus, WebhookReceiver
 from lipsync_async.stores import (
-    MemoryStore,
-    PendingRecord,
     RedisStore,
-    SQLiteStore,
-    Store,
     StoreError,
 )
 from lipsync_async.testing import FakeLipsyncServer
@@ -70,54 +65,8 @@ def _worker_args(fake: FakeLipsyncServer, store: str, prefix: str, *extra: str) 
     ]  # fmt: skip
 
 
-# -- the contract, for every store -------------------------------------------------------------
-
-
-@pytest.fixture(params=["memory", "sqlite", "redis"])
-async def store(
-    request: pytest.FixtureRequest, tmp_path: Path, redis_url: str, prefix: str
-) -> AsyncIterator[Store]:
-    """Each store, open."""
-    factories: dict[str, Callable[[], Store]] = {
-        "memory": MemoryStore,
-        "sqlite": lambda: SQLiteStore(tmp_path / "jobs.db"),
-        "redis": lambda: RedisStore(redis_url, prefix=prefix),
-    }
-    s = factories[request.param]()
-    await s.open()
-    yield s
-    await s.close()
-
-
-async def test_store_contract(store: Store) -> None:
-    """Every store: records, first-final-only announcements, finish and drop, final lookups."""
-    heard: list[JobState] = []
-    store.add_listener(heard.append)
-    assert await store.ready()
-    first = PendingRecord(id="a", endpoint="lipsync-image", submitted_at=2)
-    assert await store.add_pending(first) is None
-    await store.add_pending(
-        PendingRecord(
-            id="b", endpoint="lipsync-video", submitted_at=1, request={"formState": {"seed": 1}}
-        )
-    )
-    assert await store.record_final(_done("a")) is True
-    assert await store.record_final(_done("a")) is False
-    assert await store.record_final(JobState(id="c", status=JobStatus.PROCESSING)) is False
-    rows = await store.pending()
-    assert [(r.id, f) for r, f in rows] == [("b", None), ("a", _done("a"))]
-    assert rows[0][0].request == {"formState": {"seed": 1}}
-    assert await store.add_pending(PendingRecord(id="a", endpoint="x", submitted_at=3)) == _done(
-        "a"
-    )
-    await store.finish([_done("a"), _done("d")], dropped=["b"])
-    assert await store.pending() == []
-    assert set(await store.finals(["a", "b", "d"])) == {"a", "d"}
-    if isinstance(store, RedisStore):  # a process does not hear itself: others do
-        assert heard == []
-        assert store.announced == 2
-    else:
-        assert heard == [_done("a"), _done("d")]
+# The store contract (memory, SQLite and Redis alike) is in test_stores_contract.py, so memory
+# and SQLite run where redis-server is not installed.
 
 
 async def test_announcements_reach_other_processes_stores(redis_url: str, prefix: str) -> None:

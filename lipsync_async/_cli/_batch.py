@@ -15,6 +15,12 @@ Two files make it resumable without ever paying twice:
   was lost (``uncertain``) is not retried: the job may exist and be billed.
 
 Rerun with the same input file: results are matched by line number.
+
+Spending: a line may say how long its audio is (``"seconds"``, or ``"left_seconds"`` and
+``"right_seconds"`` for ``multi``; read for the estimate, never sent), else the service's 5 s
+minimum is assumed. ``--dry-run`` prints the total estimate of the lines a run would submit and
+sends nothing; ``--max-credits N`` stops submitting before this run's estimate would pass N
+(lines it did not submit get no result, so a rerun with a higher cap goes on from there).
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ import asyncio
 import contextlib
 import json
 import signal
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -43,9 +50,10 @@ from rich.progress import (
 from rich.text import Text
 
 from .._client import LipsyncClient
+from .._cost import MINIMUM_SECONDS, estimate_credits
 from .._errors import JobFailed, LipsyncError, SubmissionUncertainError, ValidationError
 from .._job import Job
-from .._models import JobState, Request
+from .._models import JobState, LipsyncImageMultiRequest, Request
 from .._wire import state_to_wire
 from ._common import (
     EXIT_API,
@@ -56,6 +64,7 @@ from ._common import (
     ApiOptions,
     api_options,
     build_request,
+    fail,
     local_files,
     open_client,
     run,
@@ -80,47 +89,99 @@ _FINAL = frozenset({"completed", "failed", "uncertain"})
     "--out",
     "-o",
     type=click.Path(dir_okay=False, path_type=Path),
-    required=True,
-    help="Results, one JSON line per input line (appended; rerun to resume).",
+    help="Results, one JSON line per input line (appended; rerun to resume). Required "
+    "unless --dry-run.",
 )
 @click.option(
     "--download",
     type=click.Path(file_okay=False, path_type=Path),
     help="Save each completed output in this directory (as ID.mp4).",
 )
+@click.option(
+    "--max-credits",
+    type=click.FloatRange(min=0),
+    help="Stop submitting before this run's credit estimate would pass this many credits.",
+)
+@click.option(
+    "--dry-run",
+    is_flag=True,
+    help="Validate every line and print the credit estimate of what a run would submit.",
+)
 @api_options(receiver=True)
-def batch(opts: ApiOptions, file: Path, concurrency: int, out: Path, download: Path | None) -> None:
+def batch(
+    opts: ApiOptions,
+    file: Path,
+    concurrency: int,
+    out: Path | None,
+    download: Path | None,
+    max_credits: float | None,
+    dry_run: bool,
+) -> None:
     """Run every request of a JSONL file, with a live progress bar; resumable.
 
     Exit 0 if every job completed, 1 if some failed, 2 if some lines were bad (reported with
-    their line number and skipped), 3 on API or network errors, 130 on Ctrl-C.
+    their line number and skipped) or --max-credits stopped the submits, 3 on API or network
+    errors, 130 on Ctrl-C.
     """
     err = Console(stderr=True, highlight=False)
     todo, bad = _read_input(file)
-    finished = _read_results(out)
-    journal_path = out.with_name(out.name + ".submitted")
-    submitted = _read_journal(journal_path)
-    state = _Batch(bad=len(bad), download=download, total=len(todo))
+    if out is None and not dry_run:
+        fail("--out is required (where results go, and what a rerun resumes from)", EXIT_USAGE)
+    finished = _read_results(out) if out is not None else {}
+    journal_path = out.with_name(out.name + ".submitted") if out is not None else None
+    submitted = _read_journal(journal_path) if journal_path is not None else {}
+    state = _Batch(bad=len(bad), download=download, total=len(todo), max_credits=max_credits)
     uncertain = []
-    for lineno, request in todo:
+    for lineno, (request, credits, at_least) in todo:
         status = finished.get(lineno)
         if status is None:
-            state.work.append(_Item(lineno, request, submitted.get(lineno)))
+            state.work.append(_Item(lineno, request, submitted.get(lineno), credits, at_least))
         else:  # counted, so the bar, the summary and the exit code cover the whole file
             state.count(status)
             if status == "uncertain":
                 uncertain.append(lineno)
     if uncertain:
-        err.print(
+        click.echo(  # click, not rich: a log line must not wrap at 80 columns
             f"{len(uncertain)} line(s) had a submit whose answer was lost and are not retried "
-            f"(the job may exist and be billed): lines {_numbers(uncertain)}"
+            f"(the job may exist and be billed): lines {_numbers(uncertain)}",
+            err=True,
         )
     if state.finished:
-        err.print(f"resuming: {state.finished} line(s) already in {out}, skipped")
+        click.echo(f"resuming: {state.finished} line(s) already in {out}, skipped", err=True)
+    attached = [item.line for item in state.work if item.job_id is not None]
+    if attached and journal_path is not None:
+        click.echo(
+            f"resuming: re-attaching {len(attached)} job(s) an earlier run submitted (from "
+            f"{journal_path.name}), by id, not submitted again: lines {_numbers(attached)}",
+            err=True,
+        )
+    if dry_run or out is None or journal_path is None:  # no --out only with --dry-run
+        sys.exit(_dry_run(state))
     if download is not None:
         download.mkdir(parents=True, exist_ok=True)
     files = any(local_files(item.request) for item in state.work)
     run(opts, _run(opts, state, out, journal_path, concurrency, err, files))
+
+
+def _dry_run(batch: _Batch) -> int:
+    """Print what a run would submit and its estimate; the exit code a run's bad lines give."""
+    to_submit = [item for item in batch.work if item.job_id is None]
+    total = sum(item.credits for item in to_submit)
+    guessed = sum(item.at_least for item in to_submit)
+    attached = len(batch.work) - len(to_submit)
+    click.echo(f"dry run: {len(to_submit)} line(s) would be submitted (nothing sent)")
+    if attached:
+        click.echo(f"{attached} job(s) submitted earlier would be re-attached, at no cost")
+    what = "at least " if guessed else ""
+    click.echo(f"estimated cost: {what}{total:g} credits")
+    if guessed:
+        click.echo(
+            f"{guessed} line(s) give no audio length and count at the 5 s minimum: add "
+            '"seconds" (or "left_seconds" and "right_seconds") to them for a real estimate'
+        )
+    if batch.max_credits is not None and total > batch.max_credits:
+        click.echo(f"over --max-credits {batch.max_credits:g}: a run would stop before that")
+    return EXIT_USAGE if batch.bad else EXIT_OK
 
 
 @attrs.define
@@ -128,6 +189,8 @@ class _Item:
     line: int
     request: Request
     job_id: str | None  # from the journal: attach, do not submit again
+    credits: float = 0.0  # the estimate, for --max-credits and --dry-run
+    at_least: bool = False  # no audio length given: the 5 s minimum
 
 
 @attrs.define(kw_only=True)
@@ -139,7 +202,25 @@ class _Batch:
     completed: int = 0
     failed: int = 0
     errors: int = 0
+    max_credits: float | None = None
+    committed: float = 0.0  # this run's submits, in estimated credits
+    capped: list[int] = attrs.field(factory=list)  # lines --max-credits kept from submitting
+    resumed: int = 0  # lines already finished when this run started: not this run's work
     stop: asyncio.Event = attrs.field(factory=asyncio.Event)
+
+    def within_budget(self, item: _Item) -> bool:
+        """Whether ``item`` may be submitted under ``--max-credits``; counts it if so.
+
+        No await between the check and the count, so concurrent workers cannot both pass the
+        cap; once one line does not fit, no later line is submitted either (the file's order).
+        """
+        if self.max_credits is None:
+            return True
+        if self.capped or self.committed + item.credits > self.max_credits:
+            self.capped.append(item.line)
+            return False
+        self.committed += item.credits
+        return True
 
     @property
     def finished(self) -> int:
@@ -160,9 +241,13 @@ def _numbers(lines: list[int]) -> str:
     return ", ".join(map(str, shown)) + more
 
 
-def _read_input(path: Path) -> tuple[list[tuple[int, Request]], list[int]]:
+_LENGTHS = ("seconds", "left_seconds", "right_seconds")
+_Line = tuple[Request, float, bool]  # the request, its credit estimate, "at least"?
+
+
+def _read_input(path: Path) -> tuple[list[tuple[int, _Line]], list[int]]:
     """Parse every line; report each bad one with its number and leave it out."""
-    todo: list[tuple[int, Request]] = []
+    todo: list[tuple[int, _Line]] = []
     bad: list[int] = []
     with path.open(encoding="utf-8", errors="replace") as fh:
         for lineno, text in enumerate(fh, start=1):
@@ -176,7 +261,7 @@ def _read_input(path: Path) -> tuple[list[tuple[int, Request]], list[int]]:
     return todo, bad
 
 
-def _parse_line(text: str) -> Request:
+def _parse_line(text: str) -> _Line:
     try:
         data = json.loads(text)
     except ValueError as exc:
@@ -187,7 +272,15 @@ def _parse_line(text: str) -> Request:
     endpoint = fields.pop("endpoint", None)
     if not isinstance(endpoint, str):
         raise ValidationError("endpoint", "is required: video, image or multi")
-    return build_request(endpoint, fields)
+    lengths = {k: fields.pop(k) for k in _LENGTHS if k in fields}  # for the estimate only
+    request = build_request(endpoint, fields)
+    order = request.order if isinstance(request, LipsyncImageMultiRequest) else None
+    at_least = not lengths
+    if at_least:
+        credits = estimate_credits(request.resolution, MINIMUM_SECONDS)
+    else:
+        credits = estimate_credits(request.resolution, **lengths, order=order)
+    return request, credits, at_least
 
 
 def _records(path: Path) -> Iterator[dict[str, Any]]:
@@ -249,9 +342,39 @@ class _Counts(ProgressColumn):
 
 
 class _Rate(ProgressColumn):
+    """Lines this run finished per second since it started: lines a resume skipped are not
+    this run's work, and rich's own sampled speed overstates short bursts."""
+
     def render(self, task: Task) -> Text:
-        speed = task.finished_speed or task.speed
-        return Text(f"{speed:.1f} jobs/s" if speed else "- jobs/s", "cyan")
+        rate = _rate(task.fields["n_run"], task.fields["t0"])
+        return Text(f"{rate:.1f} jobs/s" if rate else "- jobs/s", "cyan")
+
+
+def _rate(done: int, started: float) -> float:
+    elapsed = time.monotonic() - started
+    return done / elapsed if done and elapsed > 0 else 0.0
+
+
+class _PlainProgress:
+    """The bar's figures as a plain line every ``every`` seconds, for a log (not a terminal):
+    no cursor movement, no width to wrap at."""
+
+    def __init__(self, every: float = 10.0) -> None:
+        self._every = every
+        self._last = time.monotonic()
+
+    def update(self, batch: _Batch, started: float, *, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self._last < self._every:
+            return
+        self._last = now
+        f = _fields(batch, batch.total, started)
+        click.echo(
+            f"batch: {batch.finished}/{batch.total} {f['n_done']} done, {f['n_failed']} failed, "
+            f"{f['n_errors']} errors, {f['n_pending']} pending, "
+            f"{_rate(f['n_run'], started):.1f} jobs/s",
+            err=True,
+        )
 
 
 async def _run(
@@ -274,6 +397,8 @@ async def _run(
     with contextlib.suppress(NotImplementedError):
         loop.add_signal_handler(signal.SIGINT, interrupt)
     started = time.monotonic()
+    batch.resumed = batch.finished
+    live = err.is_terminal
     progress = Progress(
         TextColumn("[bold]batch"),
         BarColumn(bar_width=16),
@@ -283,16 +408,20 @@ async def _run(
         TextColumn("ETA"),
         TimeRemainingColumn(),
         console=err,
+        disable=not live,  # a log gets _PlainProgress lines instead
     )
+    plain = _PlainProgress()
     total = batch.total
     try:
         with _open_append(out) as results, _open_append(journal_path) as journal, progress:
             task = progress.add_task(
-                "batch", total=total, completed=batch.finished, **_fields(batch, total)
+                "batch", total=total, completed=batch.finished, **_fields(batch, total, started)
             )
 
             def advance() -> None:
-                progress.update(task, completed=batch.finished, **_fields(batch, total))
+                progress.update(task, completed=batch.finished, **_fields(batch, total, started))
+                if not live:
+                    plain.update(batch, started)
 
             if batch.work:
                 async with open_client(opts, local_files=files) as client:
@@ -309,6 +438,8 @@ async def _run(
                         for w in workers:
                             w.cancel()
                         await asyncio.gather(*workers, return_exceptions=True)
+            if not live:  # the last frame, as a log line
+                plain.update(batch, started, force=True)
     except asyncio.CancelledError:
         if not batch.stop.is_set():
             raise
@@ -316,28 +447,40 @@ async def _run(
         with contextlib.suppress(NotImplementedError):
             loop.remove_signal_handler(signal.SIGINT)
     took = time.monotonic() - started
+    ran = batch.finished - batch.resumed
     summary = (
         f"{batch.completed} completed, {batch.failed} failed, {batch.errors} errors, "
-        f"{batch.bad} bad lines skipped, in {took:.1f} s; results in {out}"
+        f"{batch.bad} bad lines skipped, in {took:.1f} s ({ran} this run, "
+        f"{_rate(ran, started):.1f} jobs/s); results in {out}"
     )
     if batch.stop.is_set():
         left = total - batch.finished
         click.echo(f"interrupted: {summary}. Rerun to resume the {left} line(s) left.", err=True)
         return EXIT_INTERRUPTED
     click.echo(f"batch: {summary}", err=True)
+    if batch.capped:
+        click.echo(
+            f"stopped submitting at --max-credits {batch.max_credits:g} "
+            f"({batch.committed:g} credits estimated for this run's submits): "
+            f"{len(batch.capped)} line(s) not submitted, from line {min(batch.capped)}; "
+            "rerun with a higher --max-credits to go on",
+            err=True,
+        )
     if batch.errors:
         return EXIT_API
     if batch.failed:
         return EXIT_FAILED
-    return EXIT_USAGE if batch.bad else EXIT_OK
+    return EXIT_USAGE if batch.bad or batch.capped else EXIT_OK
 
 
-def _fields(batch: _Batch, total: int) -> dict[str, Any]:
+def _fields(batch: _Batch, total: int, started: float) -> dict[str, Any]:
     return {
         "n_done": batch.completed,
         "n_failed": batch.failed,
         "n_errors": batch.errors,
         "n_pending": total - batch.finished,
+        "n_run": batch.finished - batch.resumed,
+        "t0": started,
     }
 
 
@@ -352,6 +495,8 @@ async def _worker(
     for item in items:
         if batch.stop.is_set():
             return
+        if item.job_id is None and not batch.within_budget(item):
+            continue
         record = await _one(client, batch, item, journal)
         if record is None:  # interrupted while waiting: the journal lets a rerun attach
             return

@@ -1,19 +1,23 @@
 """What every API command shares: the key and URL options, the client, requests, exit codes.
 
-Exit codes are a contract scripts rely on: 0 done, 1 a job failed, 2 bad usage or validation
-(click's own usage errors are 2 too), 3 an API or network error, 130 interrupted. Errors are
-one line on stderr; ``--debug`` adds the traceback and the SDK's debug log. The API key is
-scrubbed from everything this module prints, on top of the SDK's promise never to show it.
+Exit codes are a contract scripts rely on: 0 done, 1 a job failed, 2 bad usage or input
+(click's own usage errors, a missing file, an unknown job id, a busy port), 3 an API or network
+error, 130 interrupted. Errors are one line on stderr, in the command line's words (``--image``,
+``--allow-insecure``), not the Python API's; ``--debug`` adds the traceback and the SDK's debug
+log, ``LIPSYNC_LOG_LEVEL`` the log alone. The API key is scrubbed from everything this module
+prints, on top of the SDK's promise never to show it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import functools
 import json
 import logging
 import os
+import socket
 import sys
 import traceback
 from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
@@ -22,12 +26,15 @@ from typing import Any, Final, NoReturn, TypeVar
 
 import attrs
 import click
+from yarl import URL
 
-from .._client import LipsyncClient
+from .._client import DEFAULT_BASE_URL, LipsyncClient
 from .._errors import (
+    APIConnectionError,
     JobFailed,
     JobTimeoutError,
     LipsyncError,
+    NotFoundError,
     SubmissionUncertainError,
     ValidationError,
 )
@@ -44,14 +51,19 @@ from .._wire import state_to_wire
 __all__ = [
     "EXIT_API",
     "EXIT_FAILED",
+    "EXIT_INTERRUPTED",
     "EXIT_OK",
     "EXIT_USAGE",
     "ApiOptions",
+    "PortInUse",
     "api_options",
     "build_request",
+    "cli_words",
+    "describe",
     "echo_json",
     "open_client",
     "run",
+    "setup_logging",
     "state_json",
 ]
 
@@ -88,6 +100,7 @@ class ApiOptions:
     public_url: str | None = None
     listen_host: str = "127.0.0.1"
     listen_port: int = 0
+    log_level: int | None = None  # without --debug or LIPSYNC_LOG_LEVEL (None: silent)
 
 
 def api_options(*, receiver: bool = False) -> Callable[[Callable[..., T]], Callable[..., T]]:
@@ -176,8 +189,9 @@ def parse_extra(pairs: tuple[str, ...]) -> dict[str, Any]:
 
 
 def media(value: str) -> str | Path:
-    """A media value: an existing local file becomes a ``Path`` (served by the receiver)."""
-    if "://" not in value and os.path.isfile(value):
+    """A media value: anything without a ``scheme://`` is a local file (served by the receiver),
+    so a mistyped path is "no such file", not "must be an http(s) URL"."""
+    if "://" not in value and value:
         return Path(value)
     return value
 
@@ -235,6 +249,7 @@ async def open_client(
         receiver = WebhookReceiver(
             opts.public_url, host=opts.listen_host, port=opts.listen_port, allow_insecure=True
         )
+    await check_host(opts.base_url)
     client = LipsyncClient(
         opts.api_key,
         base_url=opts.base_url,
@@ -244,8 +259,51 @@ async def open_client(
         max_retries=opts.max_retries,
         **kwargs,
     )
-    async with client:
-        yield client
+    try:
+        async with client:
+            yield client
+    except OSError as exc:  # the receiver's port (the body's own OSErrors pass through)
+        if exc.errno == errno.EADDRINUSE and receiver is not None and not receiver.running:
+            raise PortInUse("--listen-port", opts.listen_port) from exc
+        raise
+
+
+class PortInUse(Exception):
+    """A port the user named is taken: one line and exit 2, not a traceback."""
+
+    def __init__(self, flag: str, port: int) -> None:
+        super().__init__(
+            f"{flag} {port}: the port is already in use (stop what uses it, or pass "
+            f"{flag} 0 for any free port)"
+        )
+
+
+_DNS_TIMEOUT: Final = 10.0
+
+
+async def check_host(base_url: str | None) -> None:
+    """Fail fast, in one line, on a host name that does not resolve.
+
+    The transport retries connection errors (a DNS hiccup is one), which for a typo in
+    ``--base-url`` means seconds of silent retries before the same error: one lookup first
+    tells the two apart. A lookup that times out is left to the transport.
+    """
+    url = URL(base_url) if base_url else URL(DEFAULT_BASE_URL)
+    host = url.host
+    if not host:
+        return  # the client's own validation names the problem
+    try:
+        async with asyncio.timeout(_DNS_TIMEOUT):
+            await asyncio.get_running_loop().getaddrinfo(
+                host, url.port, type=socket.SOCK_STREAM
+            )
+    except socket.gaierror as exc:
+        where = "--base-url (LIPSYNC_BASE_URL)" if base_url else "the default API root"
+        raise APIConnectionError(
+            f"cannot resolve host {host!r} of {where}: {exc.strerror or exc}"
+        ) from None
+    except TimeoutError:
+        pass
 
 
 # -- output -----------------------------------------------------------------------------------
@@ -284,11 +342,91 @@ def fail(message: str, code: int, opts: ApiOptions | None = None) -> NoReturn:
     sys.exit(code)
 
 
-def _describe(exc: BaseException) -> tuple[str, int]:
+#: The Python API's words in SDK messages, and the command line's for the same thing.
+_CLI_WORDS: Final = (
+    ("pass allow_insecure=True", "pass --allow-insecure"),
+    ("allow_insecure=True", "--allow-insecure"),
+    (
+        "a public receiver (LipsyncClient(webhook=WebhookReceiver(public_url=...)))",
+        "--public-url",
+    ),
+    ("pass api_key= or set LIPSYNC_API_KEY", "set LIPSYNC_API_KEY or pass --api-key"),
+)
+_FLAGS: Final = frozenset(
+    {
+        "video", "image", "audio", "left_audio", "right_audio", "mask_image", "order",
+        "resolution", "prompt", "seed", "webhook", "extra", "public_url", "api_key",
+        "base_url", "poll_interval", "max_retries", "secret", "path", "port", "host",
+    }
+)  # fmt: skip
+
+
+def cli_words(exc: ValidationError) -> str:
+    """A ``ValidationError`` as the command line says it: ``--left-audio: no such file ...``."""
+    text = str(exc)
+    for python, shell in _CLI_WORDS:
+        text = text.replace(python, shell)
+    field = exc.field
+    if field in _FLAGS and text.startswith(f"{field}: "):
+        text = f"--{field.replace('_', '-')}: " + text[len(field) + 2 :]
+    if field in _MEDIA and ": no such file: " in text:
+        text += " (a URL starts with http:// or https://)"
+    return text
+
+
+def _not_found(exc: NotFoundError, base_url: str | None) -> str:
+    """A 404, with a hint when the base URL is not the API root (it ends in ``/api/v1``)."""
+    root = URL(base_url) if base_url else None
+    if root is None or root.path.rstrip("/").endswith("/api/v1"):
+        if exc.job_id:
+            return f"no such job: {exc.job_id} (HTTP 404: {exc.message})"
+        return str(exc)
+    return (
+        f"HTTP 404 from --base-url {str(root)!r}: is it the API root? That ends in /api/v1, "
+        f"e.g. {str(root).rstrip('/')}/api/v1"
+    )
+
+
+def setup_logging(key: str | None, *, debug: bool, default: int | None = None) -> None:
+    """The SDK's log on stderr: everything with ``--debug``, else ``LIPSYNC_LOG_LEVEL`` if set,
+    else ``default`` (``None``: silent, the command reports errors itself).
+
+    ``LIPSYNC_LOG_LEVEL`` takes a level name (``debug``, ``info``, ``warning``, ``error``) or
+    number; an unknown value is one line and exit 2. Lines go through the key scrubber too.
+    """
+    level: int | None = logging.DEBUG if debug else None
+    raw = os.environ.get("LIPSYNC_LOG_LEVEL", "").strip()
+    if level is None and raw:
+        level = int(raw) if raw.isdigit() else logging.getLevelNamesMapping().get(raw.upper())
+        if level is None:
+            fail(
+                f"LIPSYNC_LOG_LEVEL: must be debug, info, warning, error or a number, got {raw!r}",
+                EXIT_USAGE,
+            )
+    if level is None:
+        level = default
+    logger = logging.getLogger("lipsync_async")
+    if level is None:
+        # The command reports every error itself, in one line; without this, Python's
+        # last-resort handler would print the SDK's warnings as a second copy.
+        logger.addHandler(logging.NullHandler())
+        return
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_Scrubbing(key))
+    logger.addHandler(handler)
+    logger.setLevel(level)
+
+
+def describe(exc: BaseException, opts: ApiOptions | None = None) -> tuple[str, int]:
+    """One line and an exit code for an error that ends a command."""
     if isinstance(exc, JobFailed):
         return str(exc), EXIT_FAILED
     if isinstance(exc, ValidationError):
+        return cli_words(exc), EXIT_USAGE
+    if isinstance(exc, PortInUse):
         return str(exc), EXIT_USAGE
+    if isinstance(exc, NotFoundError):  # an id or a --base-url the service does not know
+        return _not_found(exc, opts.base_url if opts is not None else None), EXIT_USAGE
     if isinstance(exc, SubmissionUncertainError):
         return (
             f"{exc}. The job may exist at the service and be billed: check before submitting again",
@@ -299,25 +437,26 @@ def _describe(exc: BaseException) -> tuple[str, int]:
     if isinstance(exc, LipsyncError):
         return str(exc), EXIT_API
     if isinstance(exc, OSError):
+        if exc.errno == errno.EADDRINUSE:
+            return f"the port is already in use ({exc.strerror})", EXIT_USAGE
         return f"{type(exc).__name__}: {exc}", EXIT_API
     return f"unexpected {type(exc).__name__}: {exc} (--debug shows the traceback)", EXIT_API
 
 
 def run(opts: ApiOptions, main: Coroutine[Any, Any, int]) -> NoReturn:
     """Run ``main`` (which returns an exit code) and exit; errors become one line and a code."""
-    if opts.debug:
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(_Scrubbing(opts.api_key))
-        logger = logging.getLogger("lipsync_async")
-        logger.addHandler(handler)
-        logger.setLevel(logging.DEBUG)
+    try:
+        setup_logging(opts.api_key, debug=opts.debug, default=opts.log_level)
+    except SystemExit:  # a bad LIPSYNC_LOG_LEVEL: `main` never runs
+        main.close()
+        raise
     try:
         code = asyncio.run(main)
     except KeyboardInterrupt:
         click.echo("interrupted", err=True)
         sys.exit(EXIT_INTERRUPTED)
     except Exception as exc:
-        message, code = _describe(exc)
+        message, code = describe(exc, opts)
         if opts.debug:
             trace = "".join(traceback.format_exception(exc))
             click.echo(scrub(trace, opts.api_key), err=True, nl=False)

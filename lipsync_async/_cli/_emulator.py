@@ -1,17 +1,23 @@
 """``lipsync-async emulator``: serve :class:`~lipsync_async.testing.FakeLipsyncServer`.
 
-Until Ctrl-C (SIGINT) or SIGTERM, so an application under development, or another language's
-client, can be pointed at a local lipsync.studio.
+Until Ctrl-C (SIGINT, exit 130 as the README's table says) or SIGTERM (exit 0, a clean stop),
+so an application under development, or another language's client, can be pointed at a local
+lipsync.studio. A port in use is one line and exit 2.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
+import logging
 import signal
+import sys
 from typing import TYPE_CHECKING
 
 import click
+
+from ._common import EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, fail, setup_logging
 
 if TYPE_CHECKING:
     from lipsync_async.testing import FakeLipsyncServer
@@ -133,20 +139,40 @@ def emulator(
         webhook_delay=webhook_delay,
         seed=seed,
     )
-    asyncio.run(_serve(fake))
+    setup_logging(api_key, debug=False, default=logging.WARNING)  # a server shows its warnings
+    try:
+        code = asyncio.run(_serve(fake))
+    except KeyboardInterrupt:  # no signal handlers (Windows): Ctrl-C lands here
+        code = EXIT_INTERRUPTED
+    except OSError as exc:
+        if exc.errno != errno.EADDRINUSE:
+            raise
+        fail(
+            f"--port {port}: the port is already in use (stop what uses it, or pass --port 0 "
+            "for any free port)",
+            EXIT_USAGE,
+        )
+    sys.exit(code)
 
 
-async def _serve(fake: FakeLipsyncServer) -> None:
+async def _serve(fake: FakeLipsyncServer) -> int:
     stop = asyncio.Event()
+    got: list[int] = []
     loop = asyncio.get_running_loop()
+
+    def on_signal(signum: int) -> None:
+        got.append(signum)
+        stop.set()
+
     for signum in (signal.SIGINT, signal.SIGTERM):
         # Not available on Windows' proactor loop: Ctrl-C then ends asyncio.run with
         # KeyboardInterrupt, which still closes the server through `async with`.
         with contextlib.suppress(NotImplementedError):
-            loop.add_signal_handler(signum, stop.set)
+            loop.add_signal_handler(signum, on_signal, signum)
     async with fake:
         click.echo(f"lipsync emulator serving at {fake.base_url}")
         click.echo(f"api key: {fake.api_key}")
         click.echo("Ctrl-C to stop")
         await stop.wait()
     click.echo("stopped")
+    return EXIT_INTERRUPTED if got and got[0] == signal.SIGINT else EXIT_OK

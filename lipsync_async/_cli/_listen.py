@@ -2,20 +2,31 @@
 
 For a process that only listens (the submits come from elsewhere, with this receiver's URL as
 their ``webhook``), or to see what the service sends. The URL carries the receiver's secret, so
-it is printed once, on stderr, and never logged.
+it is printed once, on stderr, and never logged. Ctrl-C (SIGINT) exits 130 as the README's
+table says, SIGTERM 0 (a clean stop); a port in use is one line and exit 2.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
+import logging
 import signal
 
 import click
 
 from .._models import JobState
 from .._webhook import WebhookReceiver
-from ._common import EXIT_OK, ApiOptions, echo_json, run, state_json
+from ._common import (
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    ApiOptions,
+    PortInUse,
+    echo_json,
+    run,
+    state_json,
+)
 from ._submit import _line
 
 __all__ = ["listen"]
@@ -51,7 +62,11 @@ def listen(
     debug: bool,
 ) -> None:
     """Run a webhook receiver and print every delivery until Ctrl-C."""
-    opts = ApiOptions(api_key=secret, base_url=None, poll_interval=5.0, debug=debug)
+    # A long-running listener shows the receiver's warnings (a failing on_delivery, a store
+    # that cannot record) by default; LIPSYNC_LOG_LEVEL or --debug show more.
+    opts = ApiOptions(
+        api_key=secret, base_url=None, poll_interval=5.0, debug=debug, log_level=logging.WARNING
+    )
 
     def show(state: JobState) -> None:
         if as_json:
@@ -70,15 +85,29 @@ def listen(
             on_delivery=show,
         )
         stop = asyncio.Event()
+        got: list[int] = []
         loop = asyncio.get_running_loop()
+
+        def on_signal(signum: int) -> None:
+            got.append(signum)
+            stop.set()
+
         for signum in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(NotImplementedError):
-                loop.add_signal_handler(signum, stop.set)
-        async with receiver:
+                loop.add_signal_handler(signum, on_signal, signum)
+        try:
+            await receiver.start()
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise PortInUse("--port", port) from None
+            raise
+        try:
             click.echo(f"listening on {host}:{receiver.port}", err=True)
             click.echo(f"webhook URL (keep it secret): {receiver.url}", err=True)
             await stop.wait()
+        finally:
+            await receiver.close()
         click.echo("stopped", err=True)
-        return EXIT_OK
+        return EXIT_INTERRUPTED if got and got[0] == signal.SIGINT else EXIT_OK
 
     run(opts, serve())

@@ -25,13 +25,14 @@ from .._job import Job
 from .._models import ORDERS, RESOLUTIONS, JobState, LipsyncImageMultiRequest, Request
 from .._wire import form_state
 from ._common import (
-    EXIT_API,
     EXIT_FAILED,
     EXIT_OK,
     EXIT_USAGE,
     ApiOptions,
     api_options,
     build_request,
+    cli_words,
+    describe,
     echo_json,
     fail,
     local_files,
@@ -54,6 +55,12 @@ def _submit_options(func: F) -> F:
             click.option("--resolution", type=click.Choice(RESOLUTIONS), help="[default: 480p]"),
             click.option("--prompt", help="Style text."),
             click.option("--seed", type=int, help="An integer, for repeatable output."),
+            click.option(
+                "--webhook",
+                metavar="URL",
+                help="Have the service POST the job's final state here (a `lipsync-async "
+                "listen` receiver's URL, say); wins over --public-url's own receiver.",
+            ),
             click.option(
                 "--extra",
                 multiple=True,
@@ -130,6 +137,7 @@ def _submit(
     resolution: str | None,
     prompt: str | None,
     seed: int | None,
+    webhook: str | None,
     extra: tuple[str, ...],
     wait: bool,
     download: Path | None,
@@ -137,11 +145,11 @@ def _submit(
     dry_run: bool,
     **lengths: float | None,
 ) -> None:
-    named = {"resolution": resolution, "prompt": prompt, "seed": seed}
+    named = {"resolution": resolution, "prompt": prompt, "seed": seed, "webhook": webhook}
     try:
         request = build_request(endpoint, {**fields, **named, "extra": parse_extra(extra)})
     except ValidationError as exc:
-        fail(str(exc), EXIT_USAGE, opts)
+        fail(cli_words(exc), EXIT_USAGE, opts)
     if dry_run:
         _dry_run(request, as_json=as_json, **lengths)
         return
@@ -164,7 +172,7 @@ def _dry_run(request: Request, *, as_json: bool, **lengths: float | None) -> Non
         else:
             credits = estimate_credits(request.resolution, seconds or MINIMUM_SECONDS)
     except ValidationError as exc:
-        fail(str(exc), EXIT_USAGE)
+        fail(cli_words(exc), EXIT_USAGE)
     at_least = seconds is None and left is None and right is None
     body = form_state(request)
     if as_json:
@@ -285,7 +293,8 @@ def _line(state: JobState) -> str:
 def wait(opts: ApiOptions, job_ids: tuple[str, ...], download: Path | None, as_json: bool) -> None:
     """Wait for jobs submitted earlier, printing each as it finishes.
 
-    Exit 0 if all completed, 1 if any failed, 3 if any could not be read.
+    Exit 0 if all completed, 1 if any failed, 2 if an id is unknown, 3 if any could not be
+    read.
     """
     if download is not None:
         download.mkdir(parents=True, exist_ok=True)
@@ -310,8 +319,10 @@ async def _wait_async(
                     worst = max(worst, EXIT_FAILED)
                     state = exc.state
                 except LipsyncError as exc:
-                    worst = EXIT_API
-                    click.echo(f"error: job {job.id}: {exc}", err=True)
+                    message, code = describe(exc, opts)
+                    worst = max(worst, code)
+                    prefix = "" if job.id in message else f"job {job.id}: "
+                    click.echo(f"error: {prefix}{message}", err=True)
                     continue
                 path = None
                 if download is not None and state.status.value == "completed":
@@ -351,7 +362,7 @@ def cost(
             order=order,
         )
     except ValidationError as exc:
-        fail(str(exc), EXIT_USAGE)
+        fail(cli_words(exc), EXIT_USAGE)
     if as_json:
         echo_json({"credits": credits, "resolution": resolution or "480p"})
     else:

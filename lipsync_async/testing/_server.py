@@ -54,6 +54,11 @@ _RANDOM_ERRORS = (
 _MARKER_ERROR = "Generation failed (the prompt asked for a failure)"
 
 
+async def _add_request_id(request: web.Request, response: web.StreamResponse) -> None:
+    # Like the service (and most APIs): an id per answer, for `APIError.request_id`.
+    response.headers.setdefault("X-Request-Id", "req_" + secrets.token_hex(8))
+
+
 def _error(status: int, message: str, headers: dict[str, str] | None = None) -> web.Response:
     return web.json_response({"error": message}, status=status, headers=headers)
 
@@ -158,6 +163,7 @@ class FakeLipsyncServer:
             app.router.add_post(f"/api/v1/{endpoint}", self._submit_handler(endpoint))
         app.router.add_get("/api/v1/jobs/{job_id}", self._get_job)
         app.router.add_get("/files/{name}", self._get_file)
+        app.on_response_prepare.append(_add_request_id)
         # No access log: benchmarks push tens of thousands of requests through here.
         runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
         await runner.setup()

@@ -32,7 +32,8 @@ async def _emulator() -> AsyncIterator[FakeLipsyncServer]:
 
 def _needs_pytest_asyncio() -> NoReturn:
     pytest.fail(
-        "the lipsync_emulator fixture needs pytest-asyncio: pip install pytest-asyncio",
+        "the lipsync_emulator fixture needs pytest-asyncio: pip install 'lipsync-async[testing]' "
+        '(or pytest-asyncio), and set asyncio_mode = "auto" in your pytest configuration',
         pytrace=False,
     )
 

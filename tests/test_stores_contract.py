@@ -1,0 +1,88 @@
+"""The store contract, for every store: memory and SQLite always, Redis with a redis-server.
+
+Apart from ``test_stores_redis.py`` (whose every test needs a real redis-server and is skipped
+without one), so a machine without Redis still checks the memory and SQLite stores.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+
+from lipsync_async import JobState, JobStatus
+from lipsync_async.stores import MemoryStore, PendingRecord, RedisStore, SQLiteStore, Store
+
+from .stores_support import REDIS_SERVER, RedisServer
+
+NO_REDIS = "redis-server is not installed (apt-get install redis-server, then rerun)"
+
+
+@pytest.fixture(scope="module")
+def redis_url() -> Iterator[str]:
+    """One redis-server for the module, started only if a Redis case runs."""
+    server = RedisServer()
+    server.start()
+    try:
+        yield server.url
+    finally:
+        server.cleanup()
+
+
+@pytest.fixture(
+    params=[
+        "memory",
+        "sqlite",
+        pytest.param("redis", marks=pytest.mark.skipif(REDIS_SERVER is None, reason=NO_REDIS)),
+    ]
+)
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
+    """Each store, open."""
+    s: Store
+    if request.param == "memory":
+        s = MemoryStore()
+    elif request.param == "sqlite":
+        s = SQLiteStore(tmp_path / "jobs.db")
+    else:
+        url = request.getfixturevalue("redis_url")
+        s = RedisStore(url, prefix="t" + secrets.token_hex(4))
+    await s.open()
+    yield s
+    await s.close()
+
+
+def _done(job_id: str) -> JobState:
+    return JobState(id=job_id, status=JobStatus.COMPLETED, output="https://cdn.example.com/o.mp4")
+
+
+async def test_store_contract(store: Store) -> None:
+    """Every store: records, first-final-only announcements, finish and drop, final lookups."""
+    heard: list[JobState] = []
+    store.add_listener(heard.append)
+    assert await store.ready()
+    first = PendingRecord(id="a", endpoint="lipsync-image", submitted_at=2)
+    assert await store.add_pending(first) is None
+    await store.add_pending(
+        PendingRecord(
+            id="b", endpoint="lipsync-video", submitted_at=1, request={"formState": {"seed": 1}}
+        )
+    )
+    assert await store.record_final(_done("a")) is True
+    assert await store.record_final(_done("a")) is False
+    assert await store.record_final(JobState(id="c", status=JobStatus.PROCESSING)) is False
+    rows = await store.pending()
+    assert [(r.id, f) for r, f in rows] == [("b", None), ("a", _done("a"))]
+    assert rows[0][0].request == {"formState": {"seed": 1}}
+    assert await store.add_pending(PendingRecord(id="a", endpoint="x", submitted_at=3)) == _done(
+        "a"
+    )
+    await store.finish([_done("a"), _done("d")], dropped=["b"])
+    assert await store.pending() == []
+    assert set(await store.finals(["a", "b", "d"])) == {"a", "d"}
+    if isinstance(store, RedisStore):  # a process does not hear itself: others do
+        assert heard == []
+        assert store.announced == 2
+    else:
+        assert heard == [_done("a"), _done("d")]
