@@ -526,3 +526,28 @@ def test_missing_key_is_validation_error(monkeypatch: pytest.MonkeyPatch) -> Non
     monkeypatch.setenv("LIPSYNC_API_KEY", "sk_env")
     monkeypatch.setenv("LIPSYNC_BASE_URL", "http://127.0.0.1:9/api/v1")
     assert str(LipsyncClient().base_url) == "http://127.0.0.1:9/api/v1"
+
+
+async def test_a_status_read_never_waits_behind_slow_downloads(
+    fake: FakeLipsyncServer, make_client: ClientFactory, tmp_path: Path
+) -> None:
+    """Regression (issue 12): downloads held an API in-flight slot for the whole stream, so a
+    status read waited behind four slow downloads. Downloads now have their own bound
+    (max_downloads): with max_in_flight=4 and four downloads streaming, a status read (and a
+    submit) completes while every download is still in flight."""
+    client = await make_client(max_in_flight=4, max_downloads=4)
+    jobs = [await client.lipsync_image(image=IMAGE, audio=AUDIO) for _ in range(4)]
+    states = [await job.wait(5) for job in jobs]
+    fake.download_delay = 3.0
+    downloads = [
+        asyncio.create_task(client.download(s, tmp_path / f"{i}.mp4"))
+        for i, s in enumerate(states)
+    ]
+    while fake.requests["GET /files"] < 4:  # every download has its answer streaming
+        await asyncio.sleep(0.01)
+    state = await client.get_job(jobs[0].id)
+    extra = await client.lipsync_image(image=IMAGE, audio=AUDIO)
+    assert state.status is JobStatus.COMPLETED and extra.id
+    assert not any(d.done() for d in downloads)
+    paths = await asyncio.gather(*downloads)
+    assert all(p.stat().st_size > 0 for p in paths)

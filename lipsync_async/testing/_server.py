@@ -23,6 +23,7 @@ second of output, as the service's page says), computed lazily from the clock on
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import math
 import random
@@ -85,6 +86,7 @@ class FakeLipsyncServer:
     Webhook URLs may be ``http://`` (the service wants HTTPS) so tests can receive deliveries on
     loopback. An *early* delivery (``webhook_early_rate``) completes the job at once and is
     POSTed, and awaited, before the submit is answered; it ignores ``webhook_delay``.
+    ``download_delay`` makes each output file trickle out over that many seconds (a slow CDN).
 
     Inspection: ``jobs`` (every job by id, in creation order), ``requests`` (a Counter per route
     key such as ``"POST /lipsync-image"``, ``"GET /jobs"``, ``"GET /files"``, counting every
@@ -115,6 +117,7 @@ class FakeLipsyncServer:
         webhook_loss_rate: float = 0.0,
         webhook_delay: float = 0.0,
         webhook_retries: int = 3,
+        download_delay: float = 0.0,
         seed: int | None = None,
     ) -> None:
         self.host = host
@@ -135,6 +138,7 @@ class FakeLipsyncServer:
         self.webhook_loss_rate = webhook_loss_rate
         self.webhook_delay = webhook_delay
         self.webhook_retries = webhook_retries
+        self.download_delay = download_delay
         self.seed = seed
         self.rng = random.Random(seed)
 
@@ -450,4 +454,15 @@ class FakeLipsyncServer:
         if job is None or job.status != COMPLETED:
             self.requests["404"] += 1
             return web.Response(status=404, body=_NOT_FOUND_FILE, content_type="application/json")
-        return web.Response(body=SAMPLE_MP4, content_type="video/mp4")
+        if self.download_delay <= 0:
+            return web.Response(body=SAMPLE_MP4, content_type="video/mp4")
+        # A slow CDN: the file trickles out in 8 parts over `download_delay` seconds.
+        resp = web.StreamResponse(headers={"Content-Type": "video/mp4"})
+        resp.content_length = len(SAMPLE_MP4)
+        await resp.prepare(request)
+        part = -(-len(SAMPLE_MP4) // 8)
+        for start in range(0, len(SAMPLE_MP4), part):
+            await asyncio.sleep(self.download_delay / 8)
+            await resp.write(SAMPLE_MP4[start : start + part])
+        await resp.write_eof()
+        return resp
