@@ -17,12 +17,12 @@ from lipsync_async import (
     APIConnectionError,
     APIError,
     AuthenticationError,
+    ClientClosedError,
     InsufficientCreditsError,
     JobFailed,
     JobStatus,
     JobTimeoutError,
     LipsyncClient,
-    LipsyncError,
     LipsyncImageRequest,
     NotFoundError,
     RateLimitError,
@@ -33,6 +33,7 @@ from lipsync_async import (
 from lipsync_async.testing import FakeLipsyncServer
 
 from ._rawserver import RawServer
+from ._waiting import until
 from .conftest import AUDIO, IMAGE, VIDEO, ClientFactory
 
 
@@ -316,7 +317,7 @@ async def test_cancelling_one_awaiter_spares_others(
     job = await client.lipsync_image(image=IMAGE, audio=AUDIO)
     first = asyncio.create_task(job.wait())
     second = asyncio.create_task(job.wait())
-    await asyncio.sleep(0.02)
+    await asyncio.sleep(0)  # both tasks are now awaiting the job
     first.cancel()
     state = await second
     assert first.cancelled()
@@ -332,7 +333,7 @@ async def test_job_cancel_stops_tracking(
     client = await make_client()
     job = await client.lipsync_image(image=IMAGE, audio=AUDIO)
     waiter = asyncio.create_task(job.wait())
-    await asyncio.sleep(0.01)
+    await asyncio.sleep(0)  # the task is now awaiting the job
     assert job.cancel()
     with pytest.raises(asyncio.CancelledError):
         await waiter
@@ -468,8 +469,8 @@ async def test_close_ends_pending_waits(fake: FakeLipsyncServer) -> None:
     async with client:
         job = await client.lipsync_image(image=IMAGE, audio=AUDIO)
         waiter = asyncio.create_task(job.wait())
-        await asyncio.sleep(0.1)
-    with pytest.raises(LipsyncError, match="closed"):
+        await until(lambda: fake.requests["GET /jobs"] >= 1, what="a read")
+    with pytest.raises(ClientClosedError, match="closed"):
         await waiter
     with pytest.raises(RuntimeError, match="not open"):
         await client.lipsync_image(image=IMAGE, audio=AUDIO)
@@ -482,7 +483,7 @@ async def test_close_under_load_finishes(fake: FakeLipsyncServer) -> None:
     client = LipsyncClient(fake.api_key, base_url=fake.base_url, poll_interval=0.01)
     async with client:
         await asyncio.gather(*(client.lipsync_image(image=IMAGE, audio=AUDIO) for _ in range(300)))
-        await asyncio.sleep(0.2)
+        await until(lambda: fake.requests["GET /jobs"] >= 300, what="300 reads")
     async with asyncio.timeout(2):
         await asyncio.sleep(0)
     # The emulator's own per-connection handler tasks wind down on their own; ours must be gone.
@@ -543,8 +544,7 @@ async def test_a_status_read_never_waits_behind_slow_downloads(
         asyncio.create_task(client.download(s, tmp_path / f"{i}.mp4"))
         for i, s in enumerate(states)
     ]
-    while fake.requests["GET /files"] < 4:  # every download has its answer streaming
-        await asyncio.sleep(0.01)
+    await until(lambda: fake.requests["GET /files"] >= 4, what="four downloads streaming")
     state = await client.get_job(jobs[0].id)
     extra = await client.lipsync_image(image=IMAGE, audio=AUDIO)
     assert state.status is JobStatus.COMPLETED and extra.id

@@ -19,6 +19,7 @@ from lipsync_async.stores import MemoryStore
 from lipsync_async.testing import FakeLipsyncServer
 
 from ._rawserver import RawServer
+from ._waiting import until
 from .conftest import AUDIO, IMAGE, ClientFactory
 
 
@@ -31,7 +32,7 @@ async def test_cancelled_close_still_ends_waits_and_session(fake: FakeLipsyncSer
         *(client.lipsync_image(image=IMAGE, audio=AUDIO) for _ in range(50))
     )
     waiter = asyncio.create_task(jobs[0].wait())
-    await asyncio.sleep(0.05)  # reads in flight
+    await until(lambda: fake.requests["GET /jobs"] >= 10, what="reads in flight")
     session = client._transport.session
     closing = asyncio.create_task(client.close())
     await asyncio.sleep(0)  # close has started and is awaiting its tasks
@@ -40,7 +41,6 @@ async def test_cancelled_close_still_ends_waits_and_session(fake: FakeLipsyncSer
         await closing
     with pytest.raises(LipsyncError, match="closed"):
         await asyncio.wait_for(waiter, 2)
-    await asyncio.sleep(0.05)
     assert all(job.done() for job in jobs)
     assert session.closed
 
