@@ -17,6 +17,7 @@ from lipsync_async.stores import (
 )
 from lipsync_async.testing import FakeLipsyncServer
 
+from ._waiting import until
 from .conftest import AUDIO, IMAGE, ClientFactory
 from .stores_support import REDIS_SERVER, RedisServer, Worker, free_port
 
@@ -92,6 +93,55 @@ async def test_announcements_reach_other_processes_stores(redis_url: str, prefix
         await asyncio.sleep(0.1)  # nothing more comes
         assert heard == [_done("x"), _done("y")]
         assert (a.announced, b.routed) == (2, 2)
+    finally:
+        await a.close()
+        await b.close()
+
+
+async def test_the_subscriber_survives_an_unexpected_error(
+    redis_url: str, prefix: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Regression (issue 12): an unexpected exception in the Redis subscriber ended it
+    silently, and deliveries stopped reaching this worker. Now it is logged with its traceback
+    and the subscriber restarts (with backoff), resyncs, and goes on routing."""
+    from lipsync_async.stores import _redis
+
+    real = _redis.load_state  # type: ignore[attr-defined]
+    calls = 0
+
+    def flaky(data: bytes) -> JobState | None:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise RuntimeError("a bug while reading one message")
+        return real(data)
+
+    monkeypatch.setattr(_redis, "load_state", flaky)
+    a, b = RedisStore(redis_url, prefix=prefix), RedisStore(redis_url, prefix=prefix)
+    heard: list[JobState] = []
+    resyncs = 0
+    got = asyncio.Event()
+
+    def hear(state: JobState) -> None:
+        heard.append(state)
+        got.set()
+
+    async def resync() -> None:
+        nonlocal resyncs
+        resyncs += 1
+
+    await a.open()
+    await b.open()
+    try:
+        b.add_listener(hear, resync)
+        assert await b.ready()
+        await a.record_final(_done("lost-to-the-bug"))
+        await until(lambda: calls >= 1 and resyncs >= 2, what="the subscriber restarting")
+        assert await b.ready()
+        await a.record_final(_done("after"))
+        await asyncio.wait_for(got.wait(), 5)
+        assert heard == [_done("after")]
+        assert any("restarting" in r.getMessage() for r in caplog.records)
     finally:
         await a.close()
         await b.close()

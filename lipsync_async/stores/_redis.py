@@ -329,6 +329,16 @@ class RedisStore(Store):
                     log.warning("Redis subscriber lost its connection (%s); reconnecting", exc)
                     await asyncio.sleep(backoff)
                     backoff = min(backoff * 2, 2.0)
+                except Exception:
+                    # Supervised: a bug (ours, or in what a message triggers) must not end
+                    # routing silently. Logged with its traceback, then the subscriber starts
+                    # over, resyncing as after a reconnect, with the same capped backoff.
+                    self._subscribed.clear()
+                    log.exception(
+                        "Redis subscriber failed unexpectedly; restarting in %.2f s", backoff
+                    )
+                    await asyncio.sleep(backoff)
+                    backoff = min(backoff * 2, 2.0)
                 finally:
                     await pubsub.aclose()  # type: ignore[no-untyped-call]
         finally:
