@@ -290,9 +290,15 @@ class Job:
         return True
 
     def _close(self) -> None:
-        """The client closed: end the wait (the error is built when someone raises it)."""
+        """The client closed: end the wait (the error is built when someone raises it).
+
+        The fast path matters: a close ends every pending job, a million of them at scale.
+        """
         if self._phase == _PENDING:
-            self._end(_CLOSED)
+            if self._callbacks is None:
+                self._phase = _CLOSED
+            else:
+                self._end(_CLOSED)
 
     def _end(self, phase: int) -> None:
         # The tracker has already taken the job out of its calendar (``_slot``): it does that

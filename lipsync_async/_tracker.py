@@ -33,7 +33,7 @@ step of random interleavings, with a virtual clock):
    reader, and leaves no task behind.
 
 The budget of one pending job (measured by ``benchmarks/bench_scale.py``, checked by
-``tests/test_job_budget.py``): the ``Job`` (88 B, the one object the collector tracks), its id
+``test_a_pending_job_is_one_tracked_object`` in ``tests/test_job_lifecycle.py``): the ``Job`` (88 B, the one object the collector tracks), its id
 string (85 B for a UUID), one entry in ``_jobs`` and one in its bucket (about 30-40 B each,
 string-keyed dicts): about 240 B. The bucket dicts and their timers are shared by all the jobs
 due in the same tick, and long delays (the 600 s webhook grace) are snapped to a coarser grain
@@ -175,6 +175,7 @@ class Tracker:
         for job in jobs.values():
             job._slot = None
             job._close()
+        del jobs
         if readers:
             await asyncio.gather(*readers, return_exceptions=True)
 
