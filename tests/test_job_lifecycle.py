@@ -337,3 +337,57 @@ def test_status_reads_that_change_nothing_keep_nothing(vloop: VirtualLoop) -> No
     # number each time; per job, nothing.
     assert abs(first - start) < 400 and abs(second - first) < 400
     run(vloop, tracker.close)
+
+
+def test_what_a_job_tells_through_each_ending(vloop: VirtualLoop) -> None:
+    """The public view of one job through its life: `.state` (the last known state, its own
+    id, kept when a refused read ends tracking), `result()`, `exception()`, `done()`,
+    `cancelled()` and the repr, for pending, completed, failed, refused, cancelled and closed."""
+    service = ScriptedService()
+    tracker = tracker_on(vloop, service, poll=1.0)
+
+    async def scenario() -> None:
+        for name in ("p", "c", "f", "r", "x"):
+            service.create(name)
+        jobs = {name: tracker.submitted(name, webhook=False) for name in "pcfrx"}
+        p = jobs["p"]
+        assert p.state == JobState(id="p", status=JobStatus.PROCESSING)
+        assert not p.done() and not p.cancelled() and repr(p) == "<Job p processing>"
+        for probe in (p.result, p.exception):
+            with pytest.raises(asyncio.InvalidStateError):
+                probe()
+        await asyncio.sleep(1.5)  # one read each: the model is now known
+        assert p.state is not None and (p.state.id, p.state.model) == ("p", "lipsync")
+
+        tracker.deliver(final(service, "c"))
+        c = jobs["c"]
+        assert c.done() and c.exception() is None and c.result() is c.state
+        assert c.result().output == "https://cdn.example.com/c.mp4"
+        assert repr(c) == "<Job c completed>"
+
+        tracker.deliver(final(service, "f", failed=True))
+        f = jobs["f"]
+        failed = f.exception()
+        assert isinstance(failed, JobFailed) and failed.state is f.state
+        with pytest.raises(JobFailed):
+            f.result()
+
+        del service.truth["r"]  # the service forgot it: the next read is a 404
+        await asyncio.sleep(1.5)
+        r = jobs["r"]
+        assert r.done() and isinstance(r.exception(), NotFoundError)
+        assert r.state is not None and (r.state.id, r.state.model) == ("r", "lipsync")
+        assert repr(r) == "<Job r error=NotFoundError>"
+
+        x = jobs["x"]
+        assert x.cancel() and x.cancelled() and x.done()
+        for probe in (x.result, x.exception):
+            with pytest.raises(asyncio.CancelledError):
+                probe()
+        assert repr(x) == "<Job x cancelled>"
+
+        await tracker.close()
+        assert isinstance(p.exception(), ClientClosedError) and repr(p) == "<Job p closed>"
+        assert c.exception() is None  # an ending is never replaced
+
+    run(vloop, scenario)
