@@ -258,36 +258,33 @@ class Job:
     # -- the tracker's side ------------------------------------------------------------------
     # Only ``_tracker`` calls these: a Job and its tracker are one unit split for reading.
 
-    def _take(self, state: JobState) -> bool:
-        """Take a state read or delivered; end the job if it is final. True if it ended it.
+    def _take(self, state: JobState) -> None:
+        """Take a state read or delivered; end the job if it is final.
 
         A state equal to the one held is not stored again: a read that changes nothing leaves
         nothing new behind for the collector.
         """
         if self._phase != _PENDING:
-            return False
+            return
         status = state.status
         if status is JobStatus.COMPLETED:
             self._state = state
             self._end(_COMPLETED)
-            return True
-        if status is JobStatus.FAILED:
+        elif status is JobStatus.FAILED:
             self._state = state
             self._end(_FAILED)
-            return True
-        packed = pack_state(state)
-        if packed != self._state:
-            self._state = packed
-        return False
+        else:
+            packed = pack_state(state)
+            if packed != self._state:
+                self._state = packed
 
-    def _refuse(self, error: LipsyncError) -> bool:
-        """End tracking with the error a read got (404, 401). True if this call ended it."""
+    def _refuse(self, error: LipsyncError) -> None:
+        """End tracking with the error a read got (404, 401)."""
         if self._phase != _PENDING:
-            return False
+            return
         # Without the read's traceback: its frames hold the tracker, the reader and this job.
         self._state = _Ended(self._state, error.with_traceback(None))
         self._end(_ENDED)
-        return True
 
     def _close(self) -> None:
         """The client closed: end the wait (the error is built when someone raises it).
