@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import AsyncExitStack
 from typing import Any
 
@@ -51,3 +51,19 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
             "Redis store tests skipped: redis-server is not on PATH; install it "
             "(apt-get install redis-server) and rerun ./.ci/test to run them."
         )
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    """One redis-server for the whole run, started only if a test asks for it; tests keep apart
+    by key prefix. Skips (one line) where redis-server is not installed."""
+    from .stores_support import REDIS_SERVER, RedisServer
+
+    if REDIS_SERVER is None:
+        pytest.skip("redis-server is not installed (CI installs it: .ci/run)")
+    server = RedisServer()
+    server.start()
+    try:
+        yield server.url
+    finally:
+        server.cleanup()

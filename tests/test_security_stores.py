@@ -13,7 +13,6 @@ import os
 import sqlite3
 import stat
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -22,7 +21,6 @@ from lipsync_async.stores import RedisStore, SQLiteStore
 from lipsync_async.testing import FakeLipsyncServer
 
 from .conftest import AUDIO, IMAGE, ClientFactory
-from .stores_support import REDIS_SERVER, RedisServer
 
 _BAD_ID_RECORD = json.dumps(
     {"id": "\\ud800bad", "endpoint": "lipsync-image", "submitted_at": 1.0, "request": {}},
@@ -90,19 +88,6 @@ async def test_sqlite_bad_pending_record_is_reported_once_and_skipped(
     skipped = [m for m in _warnings(caplog) if "skipped a pending record" in m]
     assert len(skipped) == 2 and any("bad-1" in m for m in skipped)
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
-
-
-@pytest.fixture
-def redis_url() -> Iterator[str]:
-    """A redis-server of this test's own."""
-    if REDIS_SERVER is None:
-        pytest.skip("redis-server is not installed")
-    server = RedisServer()
-    server.start()
-    try:
-        yield server.url
-    finally:
-        server.cleanup()
 
 
 async def test_redis_bad_pending_record_is_reported_once_and_skipped(

@@ -11,19 +11,16 @@ import asyncio
 import json
 import sqlite3
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import aiohttp
-import pytest
 
 from lipsync_async import JobStatus, LipsyncClient, WebhookReceiver
 from lipsync_async.stores import RedisStore, SQLiteStore
 from lipsync_async.testing import FakeLipsyncServer
 
 from .conftest import AUDIO, IMAGE, ClientFactory
-from .stores_support import REDIS_SERVER, RedisServer
 
 EVIL = "http://169.254.169.254/latest/meta-data/"
 SECRET = "shared-fleet-secret-0123456789"
@@ -41,19 +38,6 @@ async def _post_all(url: str, bodies: list[dict[str, Any]]) -> list[int]:
                 return resp.status
 
         return list(await asyncio.gather(*(one(b) for b in bodies)))
-
-
-@pytest.fixture
-def redis_url() -> Iterator[str]:
-    """A redis-server of this test's own."""
-    if REDIS_SERVER is None:
-        pytest.skip("redis-server is not installed")
-    server = RedisServer()
-    server.start()
-    try:
-        yield server.url
-    finally:
-        server.cleanup()
 
 
 async def test_verify_receiver_without_client_records_nothing(

@@ -7,7 +7,7 @@ without one), so a machine without Redis still checks the memory and SQLite stor
 from __future__ import annotations
 
 import secrets
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -15,20 +15,9 @@ import pytest
 from lipsync_async import JobState, JobStatus
 from lipsync_async.stores import MemoryStore, PendingRecord, RedisStore, SQLiteStore, Store
 
-from .stores_support import REDIS_SERVER, RedisServer
+from .stores_support import REDIS_SERVER
 
 NO_REDIS = "redis-server is not installed (apt-get install redis-server, then rerun)"
-
-
-@pytest.fixture(scope="module")
-def redis_url() -> Iterator[str]:
-    """One redis-server for the module, started only if a Redis case runs."""
-    server = RedisServer()
-    server.start()
-    try:
-        yield server.url
-    finally:
-        server.cleanup()
 
 
 @pytest.fixture(

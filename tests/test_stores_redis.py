@@ -28,17 +28,6 @@ pytestmark = pytest.mark.skipif(
 SECRET = "shared-secret-of-the-fleet-0123"
 
 
-@pytest.fixture(scope="module")
-def redis_url() -> Iterator[str]:
-    """One redis-server for the module; tests keep apart by key prefix."""
-    server = RedisServer()
-    server.start()
-    try:
-        yield server.url
-    finally:
-        server.cleanup()
-
-
 @pytest.fixture
 def redis_server() -> Iterator[RedisServer]:
     """A redis-server of the test's own, which the test may stop and start again."""
