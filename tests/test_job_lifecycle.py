@@ -391,3 +391,83 @@ def test_what_a_job_tells_through_each_ending(vloop: VirtualLoop) -> None:
         assert c.exception() is None  # an ending is never replaced
 
     run(vloop, scenario)
+
+
+def test_removing_done_callbacks_and_late_subscribers(
+    vloop: VirtualLoop, caplog: pytest.LogCaptureFixture
+) -> None:
+    """remove_done_callback: a lone callback is removed (returns 1) and never called; an
+    unknown one returns 0; of several, the others stay. A subscriber added after the end that
+    raises is logged like any other, naming the job."""
+    service = ScriptedService()
+    tracker = tracker_on(vloop, service)
+    calls: list[str] = []
+
+    def keep(job: Job) -> None:
+        calls.append("keep")
+
+    def drop(job: Job) -> None:
+        calls.append("drop")
+
+    def late(job: Job) -> None:
+        raise ValueError("late subscriber bug")
+
+    async def scenario() -> None:
+        lone = tracker.attach("lone")
+        lone.add_done_callback(drop)
+        assert lone.remove_done_callback(keep) == 0
+        assert lone.remove_done_callback(drop) == 1
+        assert lone.remove_done_callback(drop) == 0
+        pair = tracker.attach("pair")
+        pair.add_done_callback(keep)
+        pair.add_done_callback(drop)
+        assert pair.remove_done_callback(drop) == 1
+        pair.add_done_callback(keep)
+        for job in (lone, pair):
+            service.create(job.id)
+            tracker.deliver(final(service, job.id))
+        await asyncio.sleep(0)
+        assert calls == ["keep", "keep"]
+        lone.add_done_callback(late)
+        await asyncio.sleep(0)
+
+    with caplog.at_level(logging.ERROR, logger="lipsync_async"):
+        run(vloop, scenario)
+    assert any("lone" in r.getMessage() and r.exc_info for r in caplog.records)
+    run(vloop, tracker.close)
+
+
+def test_as_completed_yields_every_job_that_ends_in_time(vloop: VirtualLoop) -> None:
+    """as_completed(timeout=) yields each job as it ends, first ended first, when all end
+    before the deadline; past the deadline it raises JobTimeoutError naming the timeout, and
+    the jobs left stay tracked."""
+    from lipsync_async import JobTimeoutError
+    from lipsync_async._job import iter_completed
+
+    service = ScriptedService()
+    tracker = tracker_on(vloop, service, grace=600.0)
+
+    async def scenario() -> None:
+        jobs = []
+        for name in ("a", "b", "c"):
+            service.create(name)
+            jobs.append(tracker.submitted(name, webhook=True))
+
+        async def deliver_later() -> None:
+            for name, delay in (("c", 1.0), ("a", 2.0), ("b", 3.0)):
+                await asyncio.sleep(delay)
+                tracker.deliver(final(service, name))
+
+        later = asyncio.ensure_future(deliver_later())
+        seen = [job.id async for job in iter_completed(jobs, timeout=10.0)]
+        await later
+        assert seen == ["c", "a", "b"]
+        service.create("slow")
+        slow = tracker.submitted("slow", webhook=True)
+        with pytest.raises(JobTimeoutError) as info:
+            async for _ in iter_completed([slow], timeout=5.0):
+                pass
+        assert info.value.timeout == 5.0 and not slow.done() and tracker.pending == 1
+
+    run(vloop, scenario)
+    run(vloop, tracker.close)
