@@ -427,13 +427,16 @@ def test_fuzz_client_constructor(args: dict[str, Any], key: Any) -> None:
 @pytest.mark.parametrize("depth", [1_000, 100_000])
 def test_deeply_nested_answers_are_api_errors(depth: int) -> None:
     """Regression: JSON nested past the recursion limit raised RecursionError (outside the error
-    tree) from loads_object; error_for_status raised it too instead of building an APIError."""
-    with pytest.raises(APIError, match="not JSON"):
+    tree) from loads_object; error_for_status raised it too instead of building an APIError.
+    Python 3.12+ parse 1,000 levels (an APIError all the same); 100,000 are past every limit."""
+    past_every_limit = depth > 50_000
+    with pytest.raises(APIError, match="not JSON" if past_every_limit else "JSON"):
         loads_object(_deep(depth), 200)
     with pytest.raises(APIError):
         parse_submit_answer(_deep(depth, '{"a":', "}"), 200)
     error = error_for_status(502, _deep(depth))
-    assert error.status == 502 and "not JSON" in error.message
+    assert error.status == 502
+    assert "not JSON" in error.message or not past_every_limit
 
 
 def test_malformed_state_near_the_recursion_limit_is_api_error() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+from contextlib import closing
 from pathlib import Path
 
 import pytest
@@ -41,7 +42,7 @@ async def test_killed_worker_resumes_after_restart(fake: FakeLipsyncServer, tmp_
     assert sorted(resumed["ids"]) == sorted(ids)
     assert sorted(result["ids"]) == sorted(ids)
     assert len(fake.jobs) == 30
-    with sqlite3.connect(db) as conn:
+    with closing(sqlite3.connect(db)) as conn:  # `with` on a connection does not close it
         assert conn.execute("SELECT count(*) FROM pending").fetchone() == (0,)
         assert conn.execute("SELECT count(*) FROM finals").fetchone() == (30,)
 
@@ -78,7 +79,7 @@ async def test_database_is_in_wal_mode(tmp_path: Path) -> None:
     store = SQLiteStore(tmp_path / "jobs.db")
     await store.open()
     await store.close()
-    with sqlite3.connect(tmp_path / "jobs.db") as conn:
+    with closing(sqlite3.connect(tmp_path / "jobs.db")) as conn:
         assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
 
 
