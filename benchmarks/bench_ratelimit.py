@@ -12,8 +12,8 @@ provoked, and the wall time against the 2N/R floor.
 
 First, in the same run, a *blip*: 100 jobs polled every 0.5 s with no rate limit, then two
 isolated 429s (``Retry-After: 2``, 4 s apart, from the emulator's ``throttle_next`` knob). The
-figure is the status-read rate over the 5 s after the second pause against the rate over 3 s
-before the first: a blip should cost its ``Retry-After``, not seconds of throttling after it.
+figure is the status-read rate over the 5 s right after the second pause against the rate over
+3 s before the first: a blip should cost its ``Retry-After``, not seconds of throttling after it.
 
 Usage: ``python benchmarks/bench_ratelimit.py [--quick]``
 """
@@ -67,9 +67,10 @@ async def blip(emu: Emulator) -> tuple[float, float]:
         )
         await asyncio.sleep(2.0)  # steady polling
         before = await _read_rate(emu, 3.0)
-        for _ in range(2):
-            await emu.configure(throttle_next=1, throttle_retry_after=2)
-            await asyncio.sleep(4.0)  # the 2 s pause, then 2 s of polling
+        await emu.configure(throttle_next=1, throttle_retry_after=2)
+        await asyncio.sleep(4.0)  # the 2 s pause, then 2 s of polling
+        await emu.configure(throttle_next=1, throttle_retry_after=2)
+        await asyncio.sleep(2.1)  # the second pause
         after = await _read_rate(emu, 5.0)
     await emu.configure(throttle_next=0)
     return before, after

@@ -195,7 +195,13 @@ class GatedSite(web.TCPSite):
     """``TCPSite`` serving through a :class:`ConnectionGate`."""
 
     def __init__(
-        self, runner: web.AppRunner, host: str, port: int, *, gate_cap: int, summary: Summary,
+        self,
+        runner: web.AppRunner,
+        host: str,
+        port: int,
+        *,
+        gate_cap: int,
+        summary: Summary,
         backlog: int,
     ) -> None:
         super().__init__(runner, host, port, backlog=backlog)
@@ -206,7 +212,8 @@ class GatedSite(web.TCPSite):
     async def start(self) -> None:
         await web.BaseSite.start(self)  # registers the site; TCPSite.start would bind ungated
         server = self._runner.server
-        assert server is not None
+        if server is None:  # setup() not called: TCPSite.start would fail the same way
+            raise RuntimeError("call AppRunner.setup() before starting a site")
         self.gate = ConnectionGate(server, self._gate_cap, self._summary)
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(

@@ -407,7 +407,11 @@ class WebhookReceiver:
         cap = self._max_connections or derive_cap(self.reserve_fds, _BACKLOG)
         try:
             site = GatedSite(
-                runner, self.host, self._port, gate_cap=cap, summary=self._summary,
+                runner,
+                self.host,
+                self._port,
+                gate_cap=cap,
+                summary=self._summary,
                 backlog=_BACKLOG,
             )
             await site.start()

@@ -193,14 +193,18 @@ def _output(value: Any) -> tuple[str | None, Any]:
 
 def _status(text: str) -> JobStatus:
     status = JobStatus(text)  # case-insensitive for the known ones
-    if not status.is_final and status is not JobStatus.PROCESSING:
-        if text not in _warned_statuses and len(_warned_statuses) < _MAX_WARNED:
-            _warned_statuses.add(text)
-            log.warning(
-                "the service sent an unknown job status %r: kept as is, the job stays pending "
-                "(logged once per value)",
-                text[:100],
-            )
+    if (
+        not status.is_final
+        and status is not JobStatus.PROCESSING
+        and text not in _warned_statuses
+        and len(_warned_statuses) < _MAX_WARNED
+    ):
+        _warned_statuses.add(text)
+        log.warning(
+            "the service sent an unknown job status %r: kept as is, the job stays pending "
+            "(logged once per value)",
+            text[:100],
+        )
     return status
 
 
