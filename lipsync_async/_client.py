@@ -72,7 +72,7 @@ def _output_of(state: JobState) -> str:
         raise ValidationError(
             "target", f"job {state.id} has no output URL (status {state.status}){kept}"
         )
-    return state.output
+    return check_url("target", state.output)
 
 
 class LipsyncClient:

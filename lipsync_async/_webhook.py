@@ -376,7 +376,7 @@ class WebhookReceiver:
                 state = parse_job_state(data)
             except APIError as exc:
                 return _reply(400, exc.message)
-            return await self._dispatch(state)
+            return await self._dispatch_in_time(state)
 
         try:
             reply = await answer()
@@ -655,6 +655,10 @@ class WebhookReceiver:
             state = parse_job_state(data)
         except APIError as exc:
             return _reply(400, exc.message)
+        return await self._dispatch_in_time(state)
+
+    async def _dispatch_in_time(self, state: JobState) -> web.StreamResponse:
+        """``_dispatch`` within ``handler_timeout``; past it, 503 (the service retries)."""
         try:
             async with asyncio.timeout(self.handler_timeout):
                 return await self._dispatch(state)
