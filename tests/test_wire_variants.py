@@ -211,3 +211,31 @@ async def test_list_output_is_what_download_fetches(tmp_path: Any) -> None:
             assert state.to_wire()["output"] == [done.output]
             path = await client.download(state, tmp_path)
             assert path.stat().st_size > 0
+
+
+async def test_list_output_delivered_to_a_tracked_job_is_kept() -> None:
+    """A delivery whose output is a list resolves the tracked job with output (the one URL)
+    and output_raw (the list) intact, through the job's packed state; an unknown status
+    delivered first leaves the job pending."""
+    from lipsync_async.testing import FakeLipsyncServer
+
+    async with FakeLipsyncServer(job_duration=60.0) as fake:
+        receiver = WebhookReceiver()
+        async with LipsyncClient(
+            fake.api_key, base_url=fake.base_url, webhook=receiver, webhook_grace=60.0
+        ) as client:
+            job = await client.lipsync_image(
+                image="https://m.example/f.png", audio="https://m.example/v.mp3"
+            )
+            async with aiohttp.ClientSession() as session:
+                odd = {"id": job.id, "status": "Succeeded-Later", "output": None}
+                async with session.post(receiver.url, json=odd) as resp:
+                    assert resp.status == 200
+                assert not job.done()
+                assert job.state.status == "Succeeded-Later"
+                final = {"id": job.id, "status": "COMPLETED", "output": [URL]}
+                async with session.post(receiver.url, json=final) as resp:
+                    assert resp.status == 200
+            state = await asyncio.wait_for(job, 5.0)
+    assert state.status is JobStatus.COMPLETED
+    assert state.output == URL and state.output_raw == [URL]
