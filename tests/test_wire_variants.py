@@ -232,7 +232,7 @@ async def test_list_output_delivered_to_a_tracked_job_is_kept() -> None:
                 async with session.post(receiver.url, json=odd) as resp:
                     assert resp.status == 200
                 assert not job.done()
-                assert job.state.status == "Succeeded-Later"
+                assert job.state is not None and job.state.status == "Succeeded-Later"
                 final = {"id": job.id, "status": "COMPLETED", "output": [URL]}
                 async with session.post(receiver.url, json=final) as resp:
                     assert resp.status == 200
