@@ -114,14 +114,17 @@ class ServerLog(logging.Logger):
     request) are counted in a :class:`Summary`.
     """
 
-    def __init__(self, summary: Summary) -> None:
+    def __init__(self, summary: Summary, secret: str) -> None:
         super().__init__("lipsync_async.webhook.server")
         self.parent = log
         self._summary = summary
+        self._secret = secret
 
     def handle(self, record: logging.LogRecord) -> None:
         exc = record.exc_info[1] if record.exc_info else None
-        message = f"{type(exc).__name__}: {exc}"[:200] if exc is not None else record.getMessage()
+        message = f"{type(exc).__name__}: {exc}" if exc is not None else record.getMessage()
+        # A malformed request to the secret URL may be quoted in aiohttp's message.
+        message = message.replace(self._secret, "***")[:200]
         if record.levelno >= logging.WARNING:
             self._summary.note(type(exc).__name__ if exc is not None else "error", message)
             return

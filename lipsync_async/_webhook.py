@@ -401,7 +401,7 @@ class WebhookReceiver:
             handle_signals=False,
             keepalive_timeout=self.idle_timeout,  # idle and slow headers: see the docstring
             lingering_time=min(2.0, self.body_timeout),  # reading what a refused body still sends
-            logger=ServerLog(self._summary),
+            logger=ServerLog(self._summary, self._secret_str),
         )
         await runner.setup()
         cap = self._max_connections or derive_cap(self.reserve_fds, _BACKLOG)

@@ -240,3 +240,24 @@ async def test_expired_output_refused_twice_says_so(
         await client.download(state, tmp_path / "out.mp4")
     assert info.value.status == 403
     assert not (tmp_path / "out.mp4").exists()
+
+
+async def test_malformed_request_to_the_secret_url_never_logs_the_secret(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """aiohttp's message for a malformed request may quote the request line: the summary
+    WARNING (and the DEBUG lines) show *** where the secret was."""
+    caplog.set_level(logging.DEBUG)
+    async with WebhookReceiver(check_reachable=False) as receiver:
+        path = receiver.url.split(f":{receiver.port}", 1)[1]
+        reader, writer = await _open(receiver)
+        writer.write(f"POST {path} HTTP/1.1\r\nHost: a\r\nContent-Length: x{path}\r\n\r\n".encode())
+        await writer.drain()
+        try:
+            await asyncio.wait_for(reader.read(100), 2.0)
+        except ConnectionError:
+            pass
+        writer.close()
+        secret = receiver._secret_str
+    assert any("refused at the door" in r.getMessage() for r in caplog.records)
+    assert not [r for r in caplog.records if secret in r.getMessage()]
