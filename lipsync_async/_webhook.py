@@ -297,7 +297,9 @@ class WebhookReceiver:
 
     def _note_api(self, base_url: URL) -> None:
         """The client's API root: a loopback receiver URL is useless to a remote API."""
-        mine = URL(self._public_url) if self._public_url else URL(f"http://{self.host}")
+        # Without public_url the URL names the bound host (loopback for a wildcard, see url).
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "::", "") else self.host  # noqa: S104
+        mine = URL(self._public_url) if self._public_url else URL.build(scheme="http", host=host)
         if is_loopback(mine.host) and not is_loopback(base_url.host):
             self._api_remote = True
             log.warning(
