@@ -261,3 +261,37 @@ async def test_malformed_request_to_the_secret_url_never_logs_the_secret(
         secret = receiver._secret_str
     assert any("refused at the door" in r.getMessage() for r in caplog.records)
     assert not [r for r in caplog.records if secret in r.getMessage()]
+
+
+async def test_delivery_processing_past_handler_timeout_gets_503() -> None:
+    """A delivery whose processing (here a slow on_delivery callback) outlasts
+    handler_timeout is answered 503, which the service retries, instead of holding the
+    connection."""
+
+    async def slow(state: object) -> None:
+        await asyncio.sleep(10)
+
+    async with WebhookReceiver(
+        on_delivery=slow, handler_timeout=0.3, check_reachable=False
+    ) as receiver:
+        body = {"id": "job-1", "status": "completed", "output": "https://cdn.example/x.mp4"}
+        t0 = time.monotonic()
+        async with aiohttp.ClientSession() as session:
+            async with session.post(receiver.url, json=body) as resp:
+                assert resp.status == 503
+        assert time.monotonic() - t0 < 3.0
+
+
+def test_limits_are_validated() -> None:
+    """Timeouts must be positive seconds, connection figures positive integers."""
+    from lipsync_async import ValidationError
+
+    for kwargs in (
+        {"idle_timeout": 0},
+        {"body_timeout": -1},
+        {"handler_timeout": float("inf")},
+        {"max_connections": 0},
+        {"reserve_fds": True},
+    ):
+        with pytest.raises(ValidationError):
+            WebhookReceiver(**kwargs)
