@@ -29,6 +29,8 @@ _KNOBS = frozenset(
         "job_duration",
         "rate_limit",
         "server_error_rate",
+        "throttle_next",
+        "throttle_retry_after",
         "webhook_delay",
         "webhook_loss_rate",
         "webhook_duplicate_rate",

@@ -18,7 +18,7 @@ import aiohttp
 import attrs
 from yarl import URL
 
-from ._download import download_to
+from ._download import download_to, refetch_expired
 from ._errors import (
     APIError,
     ClientClosedError,
@@ -64,6 +64,15 @@ def _positive(name: str, value: float, *, allow_zero: bool = False) -> float:
     if value > _MAX_NUMBER:
         raise ValidationError(name, f"must be at most {_MAX_NUMBER:g}, got {value!r:.40}")
     return float(value)
+
+
+def _output_of(state: JobState) -> str:
+    if state.status is not JobStatus.COMPLETED or not state.output:
+        kept = " (its output is kept in output_raw)" if state.output_raw is not None else ""
+        raise ValidationError(
+            "target", f"job {state.id} has no output URL (status {state.status}){kept}"
+        )
+    return check_url("target", state.output)
 
 
 class LipsyncClient:
@@ -180,6 +189,7 @@ class LipsyncClient:
         self._close_timeout = _positive("close_timeout", close_timeout, allow_zero=True)
         if webhook is not None:
             self._transport.redact(webhook._secret_str)  # an answer echoing its URL
+            webhook._note_api(self._base_url)  # a loopback receiver for a remote API: warned
         self._tracker = Tracker(
             self._transport,
             poll_interval=_positive("poll_interval", poll_interval),
@@ -313,6 +323,10 @@ class LipsyncClient:
             "pending": self._tracker.pending,
         }
 
+    @property
+    def _receiver_reachable(self) -> bool:
+        return self._receiver is not None and self._receiver.reachable
+
     # -- submits -----------------------------------------------------------------------------
 
     async def submit(self, request: Request) -> Job:
@@ -354,7 +368,8 @@ class LipsyncClient:
             raise SubmissionUncertainError(request, f"unreadable answer: {exc}") from exc
         link = self._store_link
         recorded = await link.record_submit(job_id, request) if link is not None else None
-        by_webhook = request.webhook is None and receiver_url is not None
+        # A receiver its own check could not reach: poll from the start, not after the grace.
+        by_webhook = request.webhook is None and self._receiver_reachable
         job = self._tracker.submitted(job_id, webhook=by_webhook)
         if link is not None and recorded is not None:
             link.submitted(job, recorded)  # a known outcome resolves it; a store failure raises
@@ -542,29 +557,37 @@ class LipsyncClient:
         writes run in a thread, never on the event loop. ``progress(done, total_or_None)`` is
         called as bytes arrive. If ``path`` is a directory, the file is named after the job.
         The API key is sent only to the API's own origin, never to a CDN.
+
+        Output URLs expire: when the output of a ``Job`` or ``JobState`` answers 403, 404 or
+        410, the job is read again (:meth:`get_job`) and its fresh URL tried once more; if
+        that fails too, the error says so. A ``JobState`` whose ``output`` was a list or an
+        object holding exactly one URL downloads that URL (``JobState.output_raw``).
         """
         self._check_open()
         name = None
         if isinstance(target, Job):
             target = await target
+        job_id = None
         if isinstance(target, JobState):
-            if target.status is not JobStatus.COMPLETED or not target.output:
-                raise ValidationError(
-                    "target", f"job {target.id} has no output (status {target.status})"
-                )
-            name = f"{target.id}.mp4"
-            url = target.output
+            url = _output_of(target)
+            name, job_id = f"{target.id}.mp4", target.id
         else:
             url = target
         check_url("target", url)
         if max_bytes is not None:
             _positive("max_bytes", max_bytes)
-        return await download_to(
-            self._transport,
-            url,
-            Path(path),
-            name=name,
-            progress=progress,
-            max_bytes=max_bytes,
-            overwrite=overwrite,
-        )
+
+        async def fetch(url: str) -> Path:
+            return await download_to(
+                self._transport,
+                url,
+                Path(path),
+                name=name,
+                progress=progress,
+                max_bytes=max_bytes,
+                overwrite=overwrite,
+            )
+
+        if job_id is None:
+            return await fetch(url)
+        return await refetch_expired(fetch, url, job_id, self.get_job, _output_of)

@@ -10,6 +10,10 @@ directory, the file gets a plain name that is never a dotfile (``.bashrc`` becom
 would replace it). An explicit file path is the caller's own choice and is replaced.
 A body sent with a ``Content-Encoding`` is decompressed by aiohttp, so its ``Content-Length``
 (the compressed size) says nothing about the bytes we count: only ``max_bytes`` applies then.
+
+Output URLs expire (signed CDN URLs): :func:`refetch_expired` answers a 403, 404 or 410 from a
+job's output by reading the job again for a fresh URL and trying that once; when it fails too,
+the error says the URL was refreshed and still refused.
 """
 
 from __future__ import annotations
@@ -17,18 +21,21 @@ from __future__ import annotations
 import asyncio
 import os
 import secrets
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO, Final
 
 from yarl import URL
 
-from ._errors import APIConnectionError, APIError, ValidationError
+from ._errors import APIConnectionError, APIError, LipsyncError, ValidationError
 
 if TYPE_CHECKING:
     from ._http import Transport
+    from ._models import JobState
 
-__all__ = ["download_to"]
+__all__ = ["download_to", "refetch_expired"]
+
+_EXPIRED: Final = frozenset({403, 404, 410})
 
 _CHUNK: Final = 256 * 1024
 _FLUSH: Final = 1024 * 1024
@@ -146,3 +153,40 @@ async def download_to(
             _discard(fh, tmp)
             raise
     return dest
+
+
+async def refetch_expired(
+    fetch: Callable[[str], Awaitable[Path]],
+    url: str,
+    job_id: str,
+    read: Callable[[str], Awaitable[JobState]],
+    output_of: Callable[[JobState], str],
+) -> Path:
+    """``fetch(url)``; on 403/404/410, ``read`` the job again and fetch its fresh URL once."""
+    try:
+        return await fetch(url)
+    except APIError as exc:
+        if exc.status not in _EXPIRED:
+            raise
+        first = exc
+    try:
+        fresh = output_of(await read(job_id))
+    except LipsyncError as exc:
+        raise APIError(
+            f"the output URL answered {first.status} (expired?) and reading the "
+            f"job again for a fresh one failed: {exc}",
+            status=first.status,
+            job_id=job_id,
+        ) from exc
+    try:
+        return await fetch(fresh)
+    except APIError as exc:
+        if exc.status not in _EXPIRED:
+            raise
+        raise APIError(
+            f"the output URL answered {first.status}; the job was read again for "
+            f"a fresh URL{'' if fresh != url else ' (the same one)'}, which answered "
+            f"{exc.status} too",
+            status=exc.status,
+            job_id=job_id,
+        ) from exc

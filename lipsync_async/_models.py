@@ -45,7 +45,9 @@ ORDERS: Final = ("meanwhile", "left_right", "right_left")
 
 
 class JobStatus(enum.StrEnum):
-    """A job's status. Unknown wire values still parse (as pseudo-members) and count as pending."""
+    """A job's status. Known values compare case-insensitively (``"COMPLETED"`` is
+    ``COMPLETED``); unknown wire values still parse (as pseudo-members, the text kept as sent)
+    and count as pending."""
 
     PROCESSING = "processing"
     COMPLETED = "completed"
@@ -57,6 +59,9 @@ class JobStatus(enum.StrEnum):
         # Pseudo-members are not cached, so a hostile stream of values cannot grow the enum.
         if not isinstance(value, str):
             return None
+        known = cls.__members__.get(value.upper())
+        if known is not None and known.value == value.lower():
+            return known
         member = str.__new__(cls, value)
         member._name_ = value.upper()
         member._value_ = value
@@ -70,7 +75,14 @@ class JobStatus(enum.StrEnum):
 
 @attrs.define(frozen=True, kw_only=True, slots=True)
 class JobState:
-    """A job's state as the service reports it (``GET /jobs/{id}`` or a webhook body)."""
+    """A job's state as the service reports it (``GET /jobs/{id}`` or a webhook body).
+
+    ``output`` is the result's URL. The service documents it as one URL string; when it sends
+    a list or an object instead, nothing is dropped: ``output_raw`` keeps that value as sent
+    (plain JSON: lists, dicts, strings, numbers), and ``output`` is the one http(s) URL found
+    in it, if there is exactly one (what ``download()`` fetches), else ``None``. For a string
+    ``output``, ``output_raw`` is ``None``.
+    """
 
     id: str
     status: JobStatus
@@ -79,6 +91,7 @@ class JobState:
     error: str = ""
     execution_time_ms: int | None = None
     timings: Any = None
+    output_raw: Any = attrs.field(default=None, hash=False)
 
     @property
     def is_final(self) -> bool:

@@ -7,6 +7,13 @@ that is the rate it really sustains, where a one-second sample would count the b
 token bucket lets through after each pause). Every calm second raises the pace by a fifth,
 until it falls away. This keeps a fan-out from answering each ``Retry-After`` with a new wave
 of 429s (every request that waited out the pause going at once), without any setting.
+
+A blip is not a limit: a 429 that comes more than ``_ISOLATED`` (1 s) after the previous pause
+ended starts a new episode instead of teaching a rate. A sustained limit answers the wave that
+follows each pause at once (the bucket's refill goes within a fraction of a second), so it is
+still learned; a few one-off 429s cost their ``Retry-After`` and nothing after it (before this
+rule, two 429s with ``Retry-After: 2`` a few seconds apart set the pace to what the client
+achieved *including* the pauses, a fraction of its real rate, for seconds afterwards).
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ _SHARE: Final = 0.95  # pace at this share of the rate the service sustained
 _SPEEDUP: Final = 1.2  # ...and raise it by this factor
 _CALM: Final = 1.0  # ...every this many seconds without a 429
 _EPISODE_END: Final = 10.0  # seconds without a 429 that close an episode
+_ISOLATED: Final = 1.0  # a 429 this long after the last pause ended is a blip, not a limit
 _MIN_RATE: Final = 0.5  # requests/s: never slower than this
 _UNPACED: Final = 5000.0  # requests/s: above this, learned pacing is dropped
 
@@ -71,11 +79,16 @@ class Pacer:
     def limited(self, now: float, pause: float) -> bool:
         """A 429 came back; hold everyone ``pause`` seconds. True if a new pause began."""
         started = self.pause_until <= now
+        resumed_at = self.pause_until  # when the previous pause ended (or ends)
         self.pause_until = max(self.pause_until, now + pause)
         last, self._last_429 = self._last_429, now
         if self._fixed:
             return started
-        if self._episode_start is None or now - last >= _EPISODE_END:
+        if (
+            self._episode_start is None
+            or now - last >= _EPISODE_END
+            or now - resumed_at > _ISOLATED
+        ):
             self._episode_start = now
             self._episode_accepted = self._accepted
             return started

@@ -16,11 +16,39 @@ a job claims it, and the claim goes through the store or the job's own fallback 
 flight per job that every concurrent delivery shares, and at most one per job per
 ``webhook_grace``. A receiver with no client bound cannot read the API: with ``verify=True``
 it answers 503 and records nothing.
+
+Limits (the receiver is reachable by anyone; SPEC 3.5), when it runs its own server:
+
+- ``idle_timeout`` (15 s): a connection that has not sent a whole request's headers this long
+  after it opened or after its last answer is closed. That one deadline covers idle keep-alive
+  connections and slow headers (aiohttp's ``keepalive_timeout``, whose timer a trickle of
+  header bytes does not reset).
+- ``body_timeout`` (15 s): the whole body must arrive within this after the headers, else the
+  connection is closed (a 64 KiB delivery takes milliseconds); a sender that disconnects
+  mid-body is a DEBUG line, not an error.
+- ``handler_timeout`` (30 s): a delivery's processing (verification read, store, callback) past
+  this gets 503, which the service retries.
+- ``max_connections``: concurrent connections over it are closed as soon as accepted; by
+  default derived from ``RLIMIT_NOFILE`` so that ``reserve_fds`` descriptors stay free for the
+  client's own requests (see ``_limits``, which also says why close-at-accept).
+- aiohttp's error log for malformed requests, and connections refused at the cap, become one
+  WARNING a minute at most, with counts (``_limits.Summary``).
+
+Mounted (``attach``, ``asgi``), the host application's server owns connections: only the body
+and handler deadlines apply.
+
+Reachability: on start, unless ``check_reachable=False``, the receiver calls itself once
+through its public URL (``GET {path}/ping?c=<random>``, no secret in it; the answer is an HMAC
+of the challenge under the secret, so any worker sharing the secret behind one URL passes).
+If that fails, or the URL is loopback while the API is not, it logs one WARNING and
+:attr:`reachable` is False: the client then polls its jobs from the start (every
+``poll_interval``) instead of waiting ``webhook_grace`` for deliveries that cannot come.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import hmac
 import inspect
 import json
@@ -31,12 +59,14 @@ import secrets
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Final, Protocol, Self
 
-from aiohttp import web
+from aiohttp import ClientPayloadError, web
+from aiohttp.http_exceptions import HttpProcessingError
 from yarl import URL
 
 from ._errors import APIError, LipsyncError, NotFoundError, ValidationError
 from ._files import FileRegistry
 from ._http import is_loopback
+from ._limits import GatedSite, ServerLog, Summary, derive_cap, probe
 from ._models import JobState, check_url
 from ._wire import parse_job_state
 
@@ -52,6 +82,15 @@ _SECRET_RE: Final = re.compile(r"^[A-Za-z0-9_-]{16,128}$")
 _OK: Final = b'{"received":true}'
 _VERIFY_TIMEOUT: Final = 10.0
 _VERIFY_PERIOD: Final = 600.0  # a sink without a webhook_grace: the client's default grace
+_BACKLOG: Final = 128  # listen backlog; also what the fd reserve allows for a batch of accepts
+_PING_TIMEOUT: Final = 5.0
+_PING_TAG: Final = b"lipsync-ping:"
+
+
+def _timeout(name: str, value: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < 1e9:
+        raise ValidationError(name, f"must be seconds > 0, got {value!r:.40}")
+    return float(value)
 
 
 class DeliverySink(Protocol):
@@ -102,6 +141,17 @@ class WebhookReceiver:
         file_grace: seconds a local input file (a ``pathlib.Path`` media field) stays served
             after its job ends, at ``{public_url}{path}/files/{token}/{name}``; then that URL
             is a 404. Files are served by the process that registered them only.
+        idle_timeout: seconds a connection may stay open without sending a whole request's
+            headers (idle keep-alive, slow headers).
+        body_timeout: seconds a request's body may take to arrive, after its headers.
+        handler_timeout: seconds a delivery's processing may take before it gets 503.
+        max_connections: concurrent connections of the receiver's own server; more are closed
+            at once. ``None``: the process's ``RLIMIT_NOFILE`` soft limit minus what is open at
+            start, ``reserve_fds`` and the listen backlog (at least 16, at most 10,000).
+        reserve_fds: file descriptors the derived cap leaves for the rest of the process (the
+            client's own connections, files, the store).
+        check_reachable: on start, call the receiver once through its public URL; if that
+            fails, log a WARNING and set :attr:`reachable` False (the client then polls).
     """
 
     def __init__(
@@ -119,6 +169,12 @@ class WebhookReceiver:
         queue_size: int = 10_000,
         store: Store | None = None,
         file_grace: float = 300.0,
+        idle_timeout: float = 15.0,
+        body_timeout: float = 15.0,
+        handler_timeout: float = 30.0,
+        max_connections: int | None = None,
+        reserve_fds: int = 256,
+        check_reachable: bool = True,
     ) -> None:
         if public_url is not None:
             check_url("public_url", public_url)
@@ -147,6 +203,21 @@ class WebhookReceiver:
             or not 0 <= file_grace < float("inf")
         ):
             raise ValidationError("file_grace", f"must be seconds >= 0, got {file_grace!r}")
+        for name, value in (("max_connections", max_connections), ("reserve_fds", reserve_fds)):
+            if value is not None and (
+                isinstance(value, bool) or not isinstance(value, int) or value < 1
+            ):
+                raise ValidationError(name, f"must be an integer >= 1, got {value!r:.40}")
+        self.idle_timeout = _timeout("idle_timeout", idle_timeout)
+        self.body_timeout = _timeout("body_timeout", body_timeout)
+        self.handler_timeout = _timeout("handler_timeout", handler_timeout)
+        self._max_connections = max_connections
+        self.reserve_fds = reserve_fds
+        self.check_reachable = bool(check_reachable)
+        self._summary = Summary("requests and connections refused at the door")
+        self._site: GatedSite | None = None
+        self._reachable: bool | None = None  # None: not checked
+        self._api_remote = False  # a loopback receiver URL given to a non-loopback API
         self._files = FileRegistry(float(file_grace))
         self._public_url = public_url.rstrip("/") if public_url else None
         self.host = host
@@ -200,6 +271,46 @@ class WebhookReceiver:
         return f"{base}{self.path}/{self._secret_str}"
 
     @property
+    def reachable(self) -> bool:
+        """False when the start-up check could not reach the receiver through its public URL,
+        or its URL is loopback while the API is not: the client then polls jobs from the start.
+        True otherwise (checked and reached, not checked, or mounted)."""
+        return self._reachable is not False and not self._api_remote
+
+    @property
+    def max_connections(self) -> int | None:
+        """The connection cap in force (known once started), or the configured one."""
+        gate = self._site.gate if self._site is not None else None
+        return gate.cap if gate is not None else self._max_connections
+
+    @property
+    def connections(self) -> int:
+        """Connections open to the receiver's own server now."""
+        gate = self._site.gate if self._site is not None else None
+        return gate.active if gate is not None else 0
+
+    @property
+    def refused(self) -> int:
+        """Connections closed at accept because the cap was reached (a figure for tests)."""
+        gate = self._site.gate if self._site is not None else None
+        return gate.refused if gate is not None else 0
+
+    def _note_api(self, base_url: URL) -> None:
+        """The client's API root: a loopback receiver URL is useless to a remote API."""
+        # Without public_url the URL names the bound host (loopback for a wildcard, see url).
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "::", "") else self.host  # noqa: S104
+        mine = URL(self._public_url) if self._public_url else URL.build(scheme="http", host=host)
+        if is_loopback(mine.host) and not is_loopback(base_url.host):
+            self._api_remote = True
+            log.warning(
+                "the webhook receiver's URL (%s) is a loopback address but the API (%s) is "
+                "not: the service cannot deliver to it, so jobs are polled from the start; "
+                "pass public_url= (a tunnel or a public address) to receive deliveries",
+                mine.origin(),
+                base_url.origin(),
+            )
+
+    @property
     def running(self) -> bool:
         """True while serving, on its own server or mounted on an application."""
         return self._runner is not None or self._attached
@@ -218,6 +329,9 @@ class WebhookReceiver:
 
     def attach(self, app: web.Application) -> None:
         """Mount the handler on your own ``aiohttp.web.Application`` instead of a server."""
+        # Before the secret route, which would take "/ping" as a (wrong) secret. Secrets are at
+        # least 16 characters, so no secret is "ping".
+        app.router.add_get(self.path + "/ping", self._ping)
         app.router.add_route("*", self.path + "/{secret}", self._handle)
         # Local input files (GET and HEAD): a route of their own, see _files.
         app.router.add_get(self.path + "/files/{token}/{name}", self._files.handle)
@@ -264,7 +378,7 @@ class WebhookReceiver:
                 state = parse_job_state(data)
             except APIError as exc:
                 return _reply(400, exc.message)
-            return await self._dispatch(state)
+            return await self._dispatch_in_time(state)
 
         try:
             reply = await answer()
@@ -283,27 +397,78 @@ class WebhookReceiver:
         app = web.Application(client_max_size=self.max_body)
         self.attach(app)
         self._attached = False
-        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        runner = web.AppRunner(
+            app,
+            access_log=None,
+            handle_signals=False,
+            keepalive_timeout=self.idle_timeout,  # idle and slow headers: see the docstring
+            lingering_time=min(2.0, self.body_timeout),  # reading what a refused body still sends
+            logger=ServerLog(self._summary, self._secret_str),
+        )
         await runner.setup()
+        cap = self._max_connections or derive_cap(self.reserve_fds, _BACKLOG)
         try:
-            site = web.TCPSite(runner, self.host, self._port)
+            site = GatedSite(
+                runner,
+                self.host,
+                self._port,
+                gate_cap=cap,
+                summary=self._summary,
+                backlog=_BACKLOG,
+            )
             await site.start()
         except BaseException:
             await runner.cleanup()
             raise
         self._runner = runner
+        self._site = site
         for addr in runner.addresses:
             if isinstance(addr, tuple) and len(addr) >= 2:
                 self._bound_port = int(addr[1])
                 break
-        log.info("webhook receiver listening on %s:%s", self.host, self._bound_port)
+        log.info(
+            "webhook receiver listening on %s:%s (at most %d connections)",
+            self.host,
+            self._bound_port,
+            cap,
+        )
+        if self.check_reachable:
+            await self._check_reachable()
+
+    async def _check_reachable(self) -> None:
+        """Call the ping route once through the public URL (see the module docstring)."""
+        challenge = secrets.token_hex(16)
+        base = self.url.removesuffix(self._secret_str)  # "{public_url}{path}/"
+        ping = URL(f"{base}ping").with_query(c=challenge)
+        why = await probe(ping, self._ping_answer(challenge), _PING_TIMEOUT)
+        self._reachable = why is None
+        if why is not None:
+            log.warning(
+                "the webhook receiver cannot be reached through its public URL (%s): %s; "
+                "jobs are polled from the start instead of waiting for deliveries "
+                "(check_reachable=False turns this check off)",
+                ping.origin(),
+                why,
+            )
+
+    def _ping_answer(self, challenge: str) -> str:
+        return hmac.new(self._secret, _PING_TAG + challenge.encode(), hashlib.sha256).hexdigest()
+
+    async def _ping(self, request: web.Request) -> web.StreamResponse:
+        """``GET {path}/ping?c=...``: proof that this is a receiver holding the secret."""
+        challenge = request.query.get("c", "")
+        if not 8 <= len(challenge) <= 64 or not challenge.isascii():
+            return _reply(400, "ping needs a challenge c of 8-64 characters")
+        return web.Response(text=self._ping_answer(challenge))
 
     async def close(self) -> None:
         """Stop serving; deliveries in flight finish first."""
         self._files.clear()  # their URLs die with the server
         runner, self._runner = self._runner, None
+        self._site = None
         if runner is not None:
             await runner.cleanup()
+        self._summary.flush()
 
     async def __aenter__(self) -> Self:
         await self.start()
@@ -462,13 +627,26 @@ class WebhookReceiver:
         if request.content_length is not None and request.content_length > self.max_body:
             return _reply(413, f"body over {self.max_body} bytes")
         body = bytearray()
-        while True:
-            chunk = await request.content.readany()
-            if not chunk:
-                break
-            body += chunk
-            if len(body) > self.max_body:
-                return _reply(413, f"body over {self.max_body} bytes")
+        try:
+            async with asyncio.timeout(self.body_timeout):
+                while True:
+                    chunk = await request.content.readany()
+                    if not chunk:
+                        break
+                    body += chunk
+                    if len(body) > self.max_body:
+                        return _reply(413, f"body over {self.max_body} bytes")
+        except TimeoutError:
+            self._summary.note("bodies too slow")
+            reply = _reply(408, f"body not received within {self.body_timeout:g} s")
+            reply.force_close()
+            return reply
+        except (ConnectionError, ClientPayloadError, HttpProcessingError) as exc:
+            # The sender went away mid-body (or broke its chunking): its problem, not a bug.
+            log.debug("webhook body not received whole: %s", type(exc).__name__)
+            reply = _reply(400, "body not received whole")
+            reply.force_close()
+            return reply
         try:
             data = json.loads(body)
         except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: too deep
@@ -479,7 +657,20 @@ class WebhookReceiver:
             state = parse_job_state(data)
         except APIError as exc:
             return _reply(400, exc.message)
-        return await self._dispatch(state)
+        return await self._dispatch_in_time(state)
+
+    async def _dispatch_in_time(self, state: JobState) -> web.StreamResponse:
+        """``_dispatch`` within ``handler_timeout``; past it, 503 (the service retries)."""
+        try:
+            async with asyncio.timeout(self.handler_timeout):
+                return await self._dispatch(state)
+        except TimeoutError:
+            log.warning(
+                "delivery for job %r not processed within %g s: answered 503 (retried)",
+                state.id,
+                self.handler_timeout,
+            )
+            return _reply(503, "not processed in time, retry later")
 
     async def _dispatch(self, state: JobState) -> web.StreamResponse:
         sink = self._sink

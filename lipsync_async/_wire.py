@@ -4,11 +4,21 @@ Models stay plain (``_models``); this module knows that ``executionTime`` is ``e
 that a request becomes ``{"webhook": ..., "formState": {...}}``, and how to read an answer that is
 not what the protocol promises (an HTML page from a proxy, a missing ``id``): those become
 ``APIError`` showing the status and an excerpt, never a ``KeyError`` or ``JSONDecodeError``.
+
+Answers that differ from the documentation lose nothing (SPEC section 1): a status in another
+case is the known status (``"COMPLETED"`` is completed); an unknown status (``"succeeded"``) is
+kept as sent, counts as pending, and is logged once per value (a WARNING, at most
+``_MAX_WARNED`` distinct values per process, so a hostile sender cannot flood the log); an
+``output`` that is a list or an object is kept in ``JobState.output_raw``, and the one http(s)
+URL inside it, if there is exactly one, becomes ``output``; extra keys are ignored; a float
+``executionTime`` is truncated to whole milliseconds. Decoding takes UTF-8 with or without a
+BOM (``json.loads`` on bytes), whatever the ``Content-Type`` says.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import reprlib
 from typing import Any, Final
 from urllib.parse import quote
@@ -40,6 +50,11 @@ __all__ = [
 ]
 
 converter: Final = cattrs.Converter()
+
+log = logging.getLogger("lipsync_async")
+
+_MAX_WARNED: Final = 64  # distinct unknown statuses logged; then silence (bounded memory)
+_warned_statuses: set[str] = set()
 
 # -- requests -> formState -------------------------------------------------------------------
 
@@ -151,6 +166,48 @@ def _opt_int(value: Any) -> int | None:
     return None
 
 
+def _urls_in(value: Any, found: list[str], depth: int = 0) -> None:
+    """Collect the http(s) URL strings in a JSON value (bounded: depth 8, 3 found is plenty)."""
+    if depth > 8 or len(found) > 2:
+        return
+    if isinstance(value, str):
+        if value[:8].lower().startswith(("http://", "https://")):
+            found.append(value)
+    elif isinstance(value, list):
+        for item in value[:64]:
+            _urls_in(item, found, depth + 1)
+    elif isinstance(value, dict):
+        for item in list(value.values())[:64]:
+            _urls_in(item, found, depth + 1)
+
+
+def _output(value: Any) -> tuple[str | None, Any]:
+    """``output`` and ``output_raw`` from the wire value (see ``JobState``)."""
+    if value is None or isinstance(value, str):
+        return value, None
+    found: list[str] = []
+    _urls_in(value, found)
+    distinct = set(found)
+    return (found[0] if len(distinct) == 1 else None), value
+
+
+def _status(text: str) -> JobStatus:
+    status = JobStatus(text)  # case-insensitive for the known ones
+    if (
+        not status.is_final
+        and status is not JobStatus.PROCESSING
+        and text not in _warned_statuses
+        and len(_warned_statuses) < _MAX_WARNED
+    ):
+        _warned_statuses.add(text)
+        log.warning(
+            "the service sent an unknown job status %r: kept as is, the job stays pending "
+            "(logged once per value)",
+            text[:100],
+        )
+    return status
+
+
 def _structure_state(data: Any, _: type[JobState]) -> JobState:
     if not isinstance(data, dict):
         raise TypeError("a job state must be a JSON object")
@@ -162,14 +219,16 @@ def _structure_state(data: Any, _: type[JobState]) -> JobState:
     if not isinstance(status, str) or not status:
         raise ValueError("a job state needs a string 'status'")
     error = data.get("error")
+    output, output_raw = _output(data.get("output"))
     return JobState(
         id=job_id,
-        status=JobStatus(status),
+        status=_status(status),
         model=_opt_str(data.get("model")),
-        output=_opt_str(data.get("output")),
+        output=output,
         error=error if isinstance(error, str) else ("" if error is None else str(error)),
         execution_time_ms=_opt_int(data.get("executionTime")),
         timings=data.get("timings"),
+        output_raw=output_raw,
     )
 
 
@@ -178,7 +237,8 @@ def _unstructure_state(state: JobState) -> dict[str, Any]:
         "id": state.id,
         "model": state.model,
         "status": state.status.value,
-        "output": state.output,
+        # The value as the service sent it: a list or object round-trips through stores.
+        "output": state.output if state.output_raw is None else state.output_raw,
         "error": state.error,
         "executionTime": state.execution_time_ms,
         "timings": state.timings,

@@ -63,7 +63,10 @@ async def main(args: argparse.Namespace) -> None:
     store = make_store(args.store, args.prefix)
     receiver = None
     if args.port:
-        receiver = WebhookReceiver(args.public_url, port=args.port, secret=args.secret)
+        # Its public URL is another worker's, which may start later: no start-up check.
+        receiver = WebhookReceiver(
+            args.public_url, port=args.port, secret=args.secret, check_reachable=False
+        )
     client = LipsyncClient(
         args.api_key,
         base_url=args.base_url,

@@ -40,8 +40,8 @@ def test_calm_seconds_speed_up_until_unpaced() -> None:
     pacer = Pacer()
     pacer.limited(0.0, 0.1)
     for i in range(20):
-        pacer.accepted(0.5 + i * 0.05)
-    pacer.limited(1.5, 0.1)
+        pacer.accepted(0.5 + i * 0.025)
+    pacer.limited(1.05, 0.1)  # within a second of the pause's end: a limit, not a blip
     first = pacer.rate
     assert first is not None
     pacer.accepted(2.6)
@@ -51,6 +51,24 @@ def test_calm_seconds_speed_up_until_unpaced() -> None:
         now += 1.0
         pacer.accepted(now)
     assert pacer.rate is None
+
+
+def test_isolated_429s_cost_their_pause_and_teach_no_rate() -> None:
+    """A 429 more than a second after the previous pause ended is a blip: it pauses everyone
+    for its Retry-After and sets no pace, however slow the client was across the pauses."""
+    pacer = Pacer()
+    for i in range(400):
+        pacer.accepted(i * 0.005)  # 200/s
+    assert pacer.limited(2.0, 2.0)
+    for i in range(200):
+        pacer.accepted(4.0 + i * 0.005)
+    assert pacer.limited(6.0, 2.0)  # 2 s after the pause ended: isolated
+    assert pacer.rate is None
+    assert pacer.pause_until == 8.0
+    for i in range(100):
+        pacer.accepted(8.0 + i * 0.005)
+    pacer.limited(8.6, 1.0)  # straight after the pause: the limit is real now
+    assert pacer.rate is not None
 
 
 async def test_learned_pacing_keeps_429s_few(

@@ -159,7 +159,9 @@ async def test_two_processes_resolve_each_others_deliveries(
     )  # fmt: skip
     try:
         store_b = RedisStore(redis_url, prefix=prefix)
-        receiver_b = WebhookReceiver(f"http://127.0.0.1:{port_a}", port=port_b, secret=SECRET)
+        receiver_b = WebhookReceiver(  # its public URL is worker A's, maybe not up yet
+            f"http://127.0.0.1:{port_a}", port=port_b, secret=SECRET, check_reachable=False
+        )
         client_b = await make_client(store=store_b, webhook=receiver_b, webhook_grace=30)
         await worker_a.event("ready")
         jobs_b = await asyncio.gather(

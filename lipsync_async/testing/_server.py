@@ -15,7 +15,12 @@ same gate, in this order:
    double charge.
 
 ``GET /files/{id}.mp4`` (the ``output`` URLs, at the root like a CDN) is public and outside the
-gate: no key, no injected faults.
+gate: no key, no injected faults. With ``output_ttl`` set, output URLs expire like a CDN's
+signed URLs: each status read hands out a fresh one (``?issued=...``), and a URL older than
+``output_ttl`` seconds (a webhook body's counts from the job's end) gets ``403``.
+
+``throttle_next = n`` answers the next ``n`` API requests ``429`` with
+``Retry-After: throttle_retry_after`` whatever the rate limit: isolated rate-limit blips.
 
 Jobs finish ``job_duration`` s after their submit (or, with ``realistic=True``, 10 to 30 s per
 second of output, as the service's page says), computed lazily from the clock on each read.
@@ -119,6 +124,9 @@ class FakeLipsyncServer:
         webhook_retries: int = 3,
         download_delay: float = 0.0,
         seed: int | None = None,
+        output_ttl: float | None = None,
+        throttle_next: int = 0,
+        throttle_retry_after: int = 2,
     ) -> None:
         self.host = host
         self.api_key = api_key if api_key is not None else "sk_test_" + secrets.token_hex(8)
@@ -141,6 +149,9 @@ class FakeLipsyncServer:
         self.download_delay = download_delay
         self.seed = seed
         self.rng = random.Random(seed)
+        self.output_ttl = output_ttl
+        self.throttle_next = throttle_next
+        self.throttle_retry_after = throttle_retry_after
 
         self.jobs: dict[str, FakeJob] = {}
         self.requests: collections.Counter[str] = collections.Counter()
@@ -298,6 +309,14 @@ class FakeLipsyncServer:
         """Count, rate-limit, inject 5xx, authenticate: the key, or the answer to send."""
         requests = self.requests
         requests[route] += 1
+        if self.throttle_next > 0:
+            self.throttle_next -= 1
+            requests["429"] += 1
+            return _error(
+                429,
+                "Rate limit exceeded, retry later",
+                {"Retry-After": str(self.throttle_retry_after)},
+            )
         rate = self.rate_limit
         if rate is not None and (retry_after := self._take_token(rate)) is not None:
             requests["429"] += 1
@@ -445,7 +464,12 @@ class FakeLipsyncServer:
         if job is None or job.api_key != admitted:  # another key's job does not exist for you
             self.requests["404"] += 1
             return web.Response(status=404, body=_NOT_FOUND_JOB, content_type="application/json")
-        return web.Response(body=job.body(time.monotonic()), content_type="application/json")
+        now = time.monotonic()
+        if self.output_ttl is not None and job.status_at(now) == COMPLETED:
+            state = job.final_state()
+            state["output"] = f"{job.output_url}?issued={now:.6f}"  # a freshly signed URL
+            return web.json_response(state)
+        return web.Response(body=job.body(now), content_type="application/json")
 
     async def _get_file(self, request: web.Request) -> web.StreamResponse:
         self.requests["GET /files"] += 1
@@ -454,6 +478,14 @@ class FakeLipsyncServer:
         if job is None or job.status != COMPLETED:
             self.requests["404"] += 1
             return web.Response(status=404, body=_NOT_FOUND_FILE, content_type="application/json")
+        if self.output_ttl is not None:
+            try:
+                issued = float(request.query.get("issued", job.finishes_at))
+            except ValueError:
+                issued = job.finishes_at
+            if time.monotonic() - issued >= self.output_ttl:
+                self.requests["403"] += 1
+                return _error(403, "Request has expired")
         if self.download_delay <= 0:
             return web.Response(body=SAMPLE_MP4, content_type="video/mp4")
         # A slow CDN: the file trickles out in 8 parts over `download_delay` seconds.
