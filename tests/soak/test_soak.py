@@ -272,6 +272,10 @@ async def soak(
             webhook_duplicate_rate=0.20,
             webhook_early_rate=0.10,
             webhook_loss_rate=0.10,
+            # Three 429s for sure, whatever the machine's speed: on a loaded machine the client
+            # may never outrun `rate_limit`, and the soak must still see the fault.
+            throttle_next=3,
+            throttle_retry_after=1,
             seed=seed,
         ) as fake:
             receiver = WebhookReceiver(secret="soak-secret-0123456789", port=_free_port())
