@@ -38,6 +38,7 @@ from ._errors import APIError, LipsyncError, NotFoundError, ValidationError
 from ._files import FileRegistry
 from ._http import is_loopback
 from ._models import JobState, check_url
+from ._tokens import TokenBook, check_token
 from ._wire import parse_job_state
 
 if TYPE_CHECKING:
@@ -102,6 +103,11 @@ class WebhookReceiver:
         file_grace: seconds a local input file (a ``pathlib.Path`` media field) stays served
             after its job ends, at ``{public_url}{path}/files/{token}/{name}``; then that URL
             is a 404. Files are served by the process that registered them only.
+        token_ttl: seconds the correlation token of an uncertain submit stays known (see
+            ``SubmissionUncertainError.resolve``): each submit's URL is
+            ``{url}?t={token}``; a delivery carrying the token of a submit whose answer was
+            lost names that submit's job. At most ``max_uncertain`` such tokens are kept,
+            oldest dropped first; submits that got their answer keep none.
     """
 
     def __init__(
@@ -119,6 +125,8 @@ class WebhookReceiver:
         queue_size: int = 10_000,
         store: Store | None = None,
         file_grace: float = 300.0,
+        token_ttl: float = 3600.0,
+        max_uncertain: int = 10_000,
     ) -> None:
         if public_url is not None:
             check_url("public_url", public_url)
@@ -147,7 +155,22 @@ class WebhookReceiver:
             or not 0 <= file_grace < float("inf")
         ):
             raise ValidationError("file_grace", f"must be seconds >= 0, got {file_grace!r}")
+        if (
+            isinstance(token_ttl, bool)
+            or not isinstance(token_ttl, int | float)
+            or not 0 < token_ttl < float("inf")
+        ):
+            raise ValidationError("token_ttl", f"must be seconds > 0, got {token_ttl!r}")
+        if (
+            isinstance(max_uncertain, bool)
+            or not isinstance(max_uncertain, int)
+            or max_uncertain < 1
+        ):
+            raise ValidationError(
+                "max_uncertain", f"must be an integer >= 1, got {max_uncertain!r}"
+            )
         self._files = FileRegistry(float(file_grace))
+        self._tokens = TokenBook(ttl=float(token_ttl), max_uncertain=max_uncertain)
         self._public_url = public_url.rstrip("/") if public_url else None
         self.host = host
         self._port = port
@@ -199,6 +222,10 @@ class WebhookReceiver:
             base = f"http://{host}:{self.port}"
         return f"{base}{self.path}/{self._secret_str}"
 
+    def _hook_url(self, token: str) -> str:
+        """The webhook URL for one submit: the receiver's URL and its correlation token."""
+        return f"{self.url}?t={token}"
+
     @property
     def running(self) -> bool:
         """True while serving, on its own server or mounted on an application."""
@@ -240,7 +267,7 @@ class WebhookReceiver:
         return ReceiverASGIApp(self)
 
     async def _receive_http(
-        self, method: str, secret: str, body: bytes
+        self, method: str, secret: str, body: bytes, token: str | None = None
     ) -> tuple[int, dict[str, str], bytes]:
         """One request to ``{path}/{secret}`` from a server that is not aiohttp (the ASGI app):
         the same checks, in the same order, as ``_accept``, then the same ``_dispatch``.
@@ -264,7 +291,7 @@ class WebhookReceiver:
                 state = parse_job_state(data)
             except APIError as exc:
                 return _reply(400, exc.message)
-            return await self._dispatch(state)
+            return await self._dispatch(state, check_token(token))
 
         try:
             reply = await answer()
@@ -327,12 +354,18 @@ class WebhookReceiver:
         elif self._store is not store:
             raise ValidationError("store", "the receiver and its client must share one store")
 
-    async def _record(self, state: JobState) -> bool:
-        """Record a final state in the shared store; False if the store cannot take it now."""
+    async def _record(self, state: JobState, token: str | None = None) -> bool:
+        """Record a final state in the shared store; False if the store cannot take it now.
+
+        With the correlation token of a submit this process does not know, also record which
+        job the token named: the worker whose submit it was may be waiting to settle it.
+        """
         if self._store is None or not state.is_final:
             return True
         try:
             await self._store.record_final(state)
+            if token is not None:
+                await self._store.record_token(token, state.id)
         except LipsyncError as exc:
             log.warning("delivery for job %r: cannot record it in the store (%s)", state.id, exc)
             return False
@@ -346,6 +379,7 @@ class WebhookReceiver:
     def _unbind(self, sink: DeliverySink) -> None:
         if self._sink is sink:
             self._sink = None
+            self._tokens.clear()  # the client's submits: nobody can settle them now
             for task in (*self._vetting, *self._verifying.values()):
                 task.cancel()
             self._verified_at.clear()
@@ -479,9 +513,14 @@ class WebhookReceiver:
             state = parse_job_state(data)
         except APIError as exc:
             return _reply(400, exc.message)
-        return await self._dispatch(state)
+        return await self._dispatch(state, check_token(request.query.get("t")))
 
-    async def _dispatch(self, state: JobState) -> web.StreamResponse:
+    async def _dispatch(self, state: JobState, token: str | None = None) -> web.StreamResponse:
+        # Authenticated: a token of our own submits in flight or uncertain names its job now
+        # (tokens correlate, they do not authenticate). Unknown tokens change nothing here;
+        # with a store they are recorded for the worker whose submit it was (see _record).
+        if token is not None and self._tokens.seen(token, state):
+            token = None
         sink = self._sink
         if self.verify and sink is None:
             # Nothing here can read the API: recording or handing on what a secret holder
@@ -496,7 +535,7 @@ class WebhookReceiver:
         if sink is not None:
             if self.verify:
                 if sink.get(state.id) is None:
-                    return await self._untracked(state)
+                    return await self._untracked(state, token)
                 try:
                     verified = await self._verified(sink, state.id)
                 except NotFoundError:  # logged once per read, not per POST (see _read)
@@ -516,7 +555,7 @@ class WebhookReceiver:
             self.received += 1
             matched = sink.deliver(state)
             self.matched += matched
-            if not matched and not await self._record(state):  # another worker's job?
+            if not matched and not await self._record(state, token):  # another worker's job?
                 return _reply(503, "cannot record the delivery now, retry later")
             log.info(
                 "delivery job=%r status=%r %s",  # %r: the sender's text, escaped
@@ -526,7 +565,7 @@ class WebhookReceiver:
             )
             return _reply(200, "")
         if self._store is not None:
-            if not await self._record(state):
+            if not await self._record(state, token):
                 return _reply(503, "cannot record the delivery now, retry later")
             if self._on_delivery is None and not self._iterating:
                 self.received += 1
@@ -551,7 +590,7 @@ class WebhookReceiver:
         # Closing, or nobody to take it: the service retries later, to us or another worker.
         return _reply(503, "not accepting deliveries now")
 
-    async def _untracked(self, state: JobState) -> web.StreamResponse:
+    async def _untracked(self, state: JobState, token: str | None = None) -> web.StreamResponse:
         """``verify=True``, an id the client does not track: no read, and not held.
 
         The tracker's early-delivery buffer would resolve a job that claims the id later with
@@ -561,7 +600,7 @@ class WebhookReceiver:
         it is acknowledged and dropped: the job resolves from a later delivery or its poll.
         """
         self.received += 1
-        if not await self._record(state):
+        if not await self._record(state, token):
             return _reply(503, "cannot record the delivery now, retry later")
         log.info(
             "delivery job=%r status=%r not tracked here (unverified)", state.id, state.status.value

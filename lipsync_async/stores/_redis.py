@@ -288,6 +288,25 @@ class RedisStore(Store):
                     out[job_id] = state
         return out
 
+    async def record_token(self, token: str, job_id: str) -> None:
+        client = self._open_client()
+        async with self._guard("cannot record a correlation token"):
+            # NX: the first job named for a token stays; EX: gone after token_ttl.
+            await client.set(
+                f"{self.prefix}:token:{token}", job_id, nx=True, ex=max(1, int(self.token_ttl))
+            )
+
+    async def token_job(self, token: str) -> str | None:
+        client = self._open_client()
+        async with self._guard("cannot read a correlation token"):
+            raw = await client.get(f"{self.prefix}:token:{token}")
+        if isinstance(raw, bytes):
+            try:
+                raw = raw.decode()
+            except UnicodeDecodeError:
+                return None
+        return raw if isinstance(raw, str) and raw and raw.isprintable() else None
+
     # -- the subscriber ----------------------------------------------------------------------
 
     async def ready(self, timeout: float = 5.0) -> bool:
