@@ -95,9 +95,7 @@ async def test_asgi_answers_like_the_aiohttp_receiver() -> None:
     sock = bound_socket()
     port = sock.getsockname()[1]
     got: list[JobState] = []
-    receiver = WebhookReceiver(
-        f"http://127.0.0.1:{port}", on_delivery=got.append, max_body=1024
-    )
+    receiver = WebhookReceiver(f"http://127.0.0.1:{port}", on_delivery=got.append, max_body=1024)
     state = {"id": "job-1", "model": "lipsync-image", "status": "completed",
              "output": "https://cdn.example.com/1.mp4", "error": "", "executionTime": 5,
              "timings": None}  # fmt: skip
