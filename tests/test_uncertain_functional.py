@@ -159,3 +159,21 @@ async def test_memory_store_records_tokens_for_its_listeners() -> None:
     await store.record_token("t" * 16, "job-2")
     assert await store.token_job("t" * 16) == "job-1"
     assert await store.token_job("u" * 16) is None
+
+
+async def test_verify_receiver_settles_by_reading_the_api(
+    fake: FakeLipsyncServer, make_client: ClientFactory
+) -> None:
+    """With verify=True, the token only names the job: resolve() tracks it and its state is
+    read from the API (a status read), never taken from the delivery."""
+    fake.drop_rate = 1.0
+    client: LipsyncClient = await make_client(
+        webhook=WebhookReceiver(verify=True), webhook_grace=5.0
+    )
+    with pytest.raises(SubmissionUncertainError) as info:
+        await client.lipsync_image(image=IMAGE, audio=AUDIO)
+    job = await info.value.resolve(timeout=10)
+    assert job is not None and job.id in fake.jobs
+    state = await job.wait(timeout=10)
+    assert state.status is JobStatus.COMPLETED
+    assert fake.requests["GET /jobs"] >= 1
