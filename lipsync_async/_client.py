@@ -386,10 +386,11 @@ class LipsyncClient:
     async def _settle(self, token: str, request: Request, timeout: float) -> Job | None:
         """``SubmissionUncertainError.resolve``: the job a delivery carrying ``token`` named.
 
-        The job is then tracked as if its submit had been answered. Its delivered state (when
-        it came to this receiver) resolves it at once, unless the receiver verifies: then the
-        job is read from the API first (a poll after ``poll_interval``), and an id the API
-        does not know ends it with ``NotFoundError``.
+        The job is then tracked as if its submit had been answered. The delivery itself waits
+        in the tracker's early-delivery buffer (or the store) and resolves it at once; if it
+        is gone from there (or the receiver verifies: it holds nothing unverified), the job is
+        read from the API after ``poll_interval``, not after ``webhook_grace``: its delivery
+        has come already. An id the API does not know then ends it with ``NotFoundError``.
         """
         receiver = self._receiver
         if receiver is None or self._loop is None or self._closing:
@@ -400,7 +401,7 @@ class LipsyncClient:
         link = self._store_link
         lookup = link.store.token_job if link is not None else None
         try:
-            job_id, state = await receiver._tokens.wait(token, timeout, lookup)
+            job_id = await receiver._tokens.wait(token, timeout, lookup)
         except StoreError as exc:
             raise LipsyncError(f"cannot settle this uncertain submit now: {exc}") from exc
         if job_id is None:
@@ -408,10 +409,7 @@ class LipsyncClient:
                 raise LipsyncError("cannot settle this uncertain submit: the client closed")
             return None
         receiver._tokens.forget(token)
-        verify = receiver.verify
-        job = await self._answered(request, job_id, not verify)
-        if state is not None and not verify:
-            self._tracker.deliver(state)
+        job = await self._answered(request, job_id, False)
         log.info("job %r: an uncertain submit settled by its delivery's token", job_id)
         return job
 

@@ -45,13 +45,17 @@ def check_token(token: str | None) -> str | None:
 
 
 class _Expected:
-    """One submit's token: what a delivery carrying it said, and who waits for that."""
+    """One submit's token: the job a delivery carrying it named, and who waits for that.
 
-    __slots__ = ("job_id", "state", "waiter")
+    Only the id is kept, never the delivered state: a state (up to ``max_body`` of free-form
+    ``timings``) waits in the tracker's early-delivery buffer, bounded in bytes, like any
+    delivery for an id nobody tracks yet.
+    """
+
+    __slots__ = ("job_id", "waiter")
 
     def __init__(self) -> None:
         self.job_id: str | None = None
-        self.state: JobState | None = None
         self.waiter: asyncio.Future[None] | None = None
 
     def wake(self) -> None:
@@ -142,8 +146,6 @@ class TokenBook:
             return False
         if entry.job_id is None:
             entry.job_id = state.id
-        if entry.job_id == state.id:
-            entry.state = state
         entry.wake()
         return True
 
@@ -152,10 +154,10 @@ class TokenBook:
         token: str,
         timeout: float,
         lookup: Callable[[str], Awaitable[str | None]] | None = None,
-    ) -> tuple[str | None, JobState | None]:
-        """The job id (and the delivered state, if it came here) once a delivery names
-        ``token``; ``(None, None)`` after ``timeout`` seconds, or at once if the token is
-        unknown here and there is no ``lookup`` (the store, for deliveries to other workers).
+    ) -> str | None:
+        """The job id once a delivery names ``token``; ``None`` after ``timeout`` seconds, or
+        at once if the token is unknown here and there is no ``lookup`` (the store, where
+        other workers' receivers record the tokens they do not know).
         """
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
@@ -163,16 +165,16 @@ class TokenBook:
         while True:
             entry = self._get(token)
             if entry is not None and entry.job_id is not None:
-                return entry.job_id, entry.state
+                return entry.job_id
             if lookup is not None:
                 found = await lookup(token)
                 if found is not None:
-                    return found, None
+                    return found
             elif entry is None:
-                return None, None
+                return None
             remaining = deadline - loop.time()
             if remaining <= 0:
-                return None, None
+                return None
             pause = min(remaining, step) if lookup is not None else remaining
             step = min(step * 2, _STORE_POLL_MAX)
             if entry is None:
@@ -180,6 +182,6 @@ class TokenBook:
                 continue
             if entry.waiter is None or entry.waiter.done():
                 if entry.waiter is not None and entry.job_id is None and self._get(token) is None:
-                    return None, None  # forgotten (expired, or the client closed)
+                    return None  # forgotten (expired, or the client closed)
                 entry.waiter = loop.create_future()
             await asyncio.wait({entry.waiter}, timeout=pause)
