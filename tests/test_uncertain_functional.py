@@ -177,3 +177,27 @@ async def test_verify_receiver_settles_by_reading_the_api(
     state = await job.wait(timeout=10)
     assert state.status is JobStatus.COMPLETED
     assert fake.requests["GET /jobs"] >= 1
+
+
+async def test_uncertain_tokens_are_bounded_by_count_and_time(
+    fake: FakeLipsyncServer, make_client: ClientFactory
+) -> None:
+    """max_uncertain: a token pushed out by newer uncertain submits cannot settle anything
+    (resolve returns None at once); token_ttl: a delivery arriving after its token expired
+    settles nothing either (it falls back to id matching, and nobody tracks the id)."""
+    fake.drop_rate = 1.0
+    fake.webhook_delay = 0.6
+    receiver = WebhookReceiver(max_uncertain=2, token_ttl=0.3)
+    client: LipsyncClient = await make_client(webhook=receiver, webhook_grace=5.0)
+    errors: list[SubmissionUncertainError] = []
+    for _ in range(3):
+        with pytest.raises(SubmissionUncertainError) as info:
+            await client.lipsync_image(image=IMAGE, audio=AUDIO)
+        errors.append(info.value)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    assert await errors[0].resolve(timeout=5) is None  # pushed out by the two newer ones
+    assert loop.time() - started < 1.0
+    # The other two expire (0.3 s) before their deliveries come (0.6 s after the job ends).
+    assert await errors[2].resolve(timeout=2) is None
+    assert len(fake.jobs) == 3
