@@ -12,7 +12,7 @@ A :class:`TokenBook` remembers tokens for two kinds of submits, and no others:
   push it out (oldest first).
 
 So a million tracked jobs cost nothing here; only submits in flight or uncertain do (an entry
-of three slots and the token string, about 200 B). A delivery whose token is unknown (its
+of two slots and the token string, about 200 B). A delivery whose token is unknown (its
 submit was answered, the token expired, or it came to another worker) falls back to id
 matching; with a store, the receiver that got it records ``token -> job id`` there
 (:meth:`~lipsync_async.stores.Store.record_token`) so that the submitting worker finds it.
