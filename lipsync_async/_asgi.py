@@ -26,6 +26,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import TYPE_CHECKING, Any, Final
+from urllib.parse import parse_qs
 
 if TYPE_CHECKING:
     from ._webhook import WebhookReceiver
@@ -73,7 +74,7 @@ class ReceiverASGIApp:
             return
         body = await _read_body(receive, self._receiver.max_body + 1)
         status, headers, raw = await self._receiver._receive_http(
-            str(scope.get("method", "")), secret, body
+            str(scope.get("method", "")), secret, body, _token_of(scope)
         )
         await _answer(send, status, headers, raw)
 
@@ -92,6 +93,14 @@ class ReceiverASGIApp:
         if not segment or "/" in segment:
             return None
         return segment
+
+
+def _token_of(scope: Scope) -> str | None:
+    """The correlation token (``?t=``) of a delivery, if its URL has one."""
+    raw = scope.get("query_string", b"")
+    query = raw.decode("latin-1") if isinstance(raw, bytes) else str(raw)
+    values = parse_qs(query).get("t")
+    return values[0] if values else None
 
 
 async def _read_body(receive: Receive, limit: int) -> bytes:

@@ -8,6 +8,7 @@ receiver's deliveries. Nothing below this module imports it.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
@@ -22,6 +23,7 @@ from ._download import download_to, refetch_expired
 from ._errors import (
     APIError,
     ClientClosedError,
+    LipsyncError,
     SubmissionUncertainError,
     ValidationError,
 )
@@ -43,7 +45,7 @@ from ._models import (
 from ._tracker import Tracker
 from ._webhook import WebhookReceiver
 from ._wire import dump_request, parse_submit_answer
-from .stores._base import Store
+from .stores._base import Store, StoreError
 from .stores._link import StoreLink
 
 __all__ = ["DEFAULT_BASE_URL", "LipsyncClient"]
@@ -356,23 +358,75 @@ class LipsyncClient:
     async def _submit(self, request: Request) -> Job:
         if local_media(request):
             return await self._submit_local(request)
-        receiver_url = self._receiver.url if self._receiver is not None else None
-        body = dump_request(request, receiver_url)
+        receiver = self._receiver
+        if receiver is None or request.webhook is not None:
+            body = dump_request(request, None)
+            return await self._answered(request, await self._send(request, body), False)
+        # A fresh correlation token per submit (see _tokens): kept while the submit is in
+        # flight, and after it only if its answer is lost, so its delivery can settle it.
+        tokens = receiver._tokens
+        token = tokens.issue()
+        try:
+            body = dump_request(request, receiver._hook_url(token))
+            job_id = await self._send(request, body)
+        except SubmissionUncertainError as exc:
+            tokens.uncertain(token)
+            exc._settle = functools.partial(self._settle, token, request)
+            raise
+        finally:
+            tokens.answered(token)  # a no-op for an uncertain one (moved aside above)
+        return await self._answered(request, job_id, True)
+
+    async def _send(self, request: Request, body: bytes) -> str:
+        """Send one submit; the new job's id, or ``SubmissionUncertainError``."""
         status, raw = await self._transport.submit(request.endpoint, body, request)
         try:
-            job_id = parse_submit_answer(raw, status)
+            return parse_submit_answer(raw, status)
         except APIError as exc:
             # A 2xx means the service took the request: a job almost surely exists, and a
             # caller retrying on APIError would pay twice. The APIError (what came back) is
             # the cause.
             raise SubmissionUncertainError(request, f"unreadable answer: {exc}") from exc
+
+    async def _answered(self, request: Request, job_id: str, by_webhook: bool) -> Job:
+        """Track a job whose submit is known to have created it (answered, or settled)."""
         link = self._store_link
         recorded = await link.record_submit(job_id, request) if link is not None else None
         # A receiver its own check could not reach: poll from the start, not after the grace.
-        by_webhook = request.webhook is None and self._receiver_reachable
+        by_webhook = by_webhook and self._receiver_reachable
         job = self._tracker.submitted(job_id, webhook=by_webhook)
         if link is not None and recorded is not None:
             link.submitted(job, recorded)  # a known outcome resolves it; a store failure raises
+        return job
+
+    async def _settle(self, token: str, request: Request, timeout: float) -> Job | None:
+        """``SubmissionUncertainError.resolve``: the job a delivery carrying ``token`` named.
+
+        The job is then tracked as if its submit had been answered. The delivery itself waits
+        in the tracker's early-delivery buffer (or the store) and resolves it at once; if it
+        is gone from there (or the receiver verifies: it holds nothing unverified), the job is
+        read from the API after ``poll_interval``, not after ``webhook_grace``: its delivery
+        has come already. An id the API does not know then ends it with ``NotFoundError``.
+        """
+        receiver = self._receiver
+        if receiver is None or self._loop is None or self._closing:
+            raise LipsyncError(
+                "cannot settle this uncertain submit: its client is closed (its receiver no "
+                "longer listens for the token)"
+            )
+        link = self._store_link
+        lookup = link.store.token_job if link is not None else None
+        try:
+            job_id = await receiver._tokens.wait(token, timeout, lookup)
+        except StoreError as exc:
+            raise LipsyncError(f"cannot settle this uncertain submit now: {exc}") from exc
+        if job_id is None:
+            if self._closing or self._loop is None:
+                raise LipsyncError("cannot settle this uncertain submit: the client closed")
+            return None
+        receiver._tokens.forget(token)
+        job = await self._answered(request, job_id, False)
+        log.info("job %r: an uncertain submit settled by its delivery's token", job_id)
         return job
 
     async def _submit_local(self, request: Request) -> Job:

@@ -25,11 +25,13 @@ messages are built from the service's answer and the request path only.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import math
+from collections.abc import Awaitable, Callable, Mapping
 from types import MappingProxyType
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from ._job import Job
     from ._models import JobState, Request
 
 __all__ = [
@@ -167,13 +169,19 @@ class APITimeoutError(APIConnectionError):
     """The service did not answer in time."""
 
 
+_NOT_SETTLEABLE = (
+    "no receiver of this client's carried the submit's correlation token (a client without "
+    "webhook=WebhookReceiver(...), or a submit with a webhook URL of its own): only a "
+    "delivery to that receiver can prove the job exists"
+)
+
+
 class SubmissionUncertainError(LipsyncError):
     """A submit reached the service, or may have, and its answer was lost.
 
     The API has no idempotency key, so sending it again could create (and bill) a second job.
-    ``.request`` is what was sent, for the caller to reconcile (for example by looking for the
-    job's webhook delivery, or by deciding to submit again knowingly). ``__cause__`` is the
-    underlying connection error, timeout or 5xx.
+    ``.request`` is what was sent. ``__cause__`` is the underlying connection error, timeout or
+    5xx. With a receiver, :meth:`resolve` settles it from the job's webhook delivery.
     """
 
     def __init__(self, request: Request, reason: str) -> None:
@@ -183,6 +191,51 @@ class SubmissionUncertainError(LipsyncError):
         )
         self.request = request
         self.reason = reason
+        # Set by the client when the submit carried its receiver's correlation token.
+        self._settle: Callable[[float], Awaitable[Job | None]] | None = None
+        self._job: Job | None = None
+
+    @property
+    def resolvable(self) -> bool:
+        """True if :meth:`resolve` can settle this submit (it carried a receiver's token)."""
+        return self._settle is not None
+
+    async def resolve(self, *, timeout: float) -> Job | None:
+        """Wait up to ``timeout`` seconds for a delivery proving the job exists; its ``Job``.
+
+        Each submit sent with the client's receiver carries a fresh correlation token in its
+        webhook URL. When the service delivers the job's state to that URL (on completion,
+        so allow for the job's run time), the delivery names this submit, and its job id.
+
+        Returns the ``Job``, tracked like any other (recorded in the client's store, awaited
+        like any job), once such a delivery arrived: then the job certainly exists, and it is
+        this submit's. Calling again returns the same ``Job``.
+
+        Returns ``None`` when ``timeout`` passes with no such delivery. That is *not* proof
+        that no job exists: a delivery can be lost, or come later than the timeout (the job
+        still running, the receiver down). It is the most likely case when the job would
+        have finished by then; resubmitting after ``None`` may pay twice if it did exist. The
+        token stays known for the receiver's ``token_ttl`` (1 h), so ``resolve`` may be
+        called again later.
+
+        Raises :class:`LipsyncError` at once when nothing can settle it: the client had no
+        receiver, or the submit named a ``webhook`` URL of its own (check
+        :attr:`resolvable`), or the client is closed.
+        """
+        if (
+            isinstance(timeout, bool)
+            or not isinstance(timeout, int | float)
+            or not (timeout >= 0 and math.isfinite(timeout))
+        ):
+            raise ValidationError("timeout", f"must be seconds >= 0, got {timeout!r:.40}")
+        if self._job is not None:
+            return self._job
+        if self._settle is None:
+            raise LipsyncError(f"cannot settle this uncertain submit: {_NOT_SETTLEABLE}")
+        job = await self._settle(float(timeout))
+        if job is not None:
+            self._job = job
+        return job
 
 
 class JobFailed(LipsyncError):
@@ -217,8 +270,7 @@ class ClientClosedError(LipsyncError):
 
     def __init__(self, job_id: str | None) -> None:
         super().__init__(
-            f"the client was closed before job {job_id} finished; "
-            "attach again with client.job(id)"
+            f"the client was closed before job {job_id} finished; attach again with client.job(id)"
             if job_id is not None
             else "the client was closed before this submit was sent: nothing was submitted"
         )

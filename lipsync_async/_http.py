@@ -51,6 +51,7 @@ from ._retry import Verdict, judge_error, judge_status
 from ._version import __version__
 
 __all__ = [
+    "KEEPALIVE_IDLE",
     "RetryPolicy",
     "Stream",
     "Transport",
@@ -68,6 +69,15 @@ USER_AGENT: Final = (
 _MAX_RETRY_AFTER: Final = 300.0  # a hostile or broken Retry-After must not park us for a day
 _MAX_ERROR_BODY: Final = 64 * 1024  # what a download's error answer may put in memory
 _DOTS: Final = {".": "%2E", "..": "%2E%2E"}
+# Seconds an idle pooled connection may be reused. Servers close idle connections on their own
+# clock (gunicorn 2 s, uvicorn 5 s, nginx 75 s by default, often set lower behind proxies);
+# a request sent on one they have just closed fails after it was written, which for a submit
+# means SubmissionUncertainError. aiohttp drops a pooled connection idle longer than its
+# connector's keepalive_timeout when it is next taken (aiohttp's default: 15 s), so keeping
+# this under the shortest common server timeout makes that race rare (benchmarks/
+# bench_keepalive.py measures it behind nginx). The price: a fresh connection (a TCP, and
+# for https a TLS handshake) after every idle gap over 1.5 s.
+KEEPALIVE_IDLE: Final = 1.5
 
 
 def is_loopback(host: str | None) -> bool:
@@ -324,7 +334,9 @@ class Transport:
         if self._session is None:
             self._session = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(
-                    limit=self.max_in_flight + self.max_downloads, limit_per_host=0
+                    limit=self.max_in_flight + self.max_downloads,
+                    limit_per_host=0,
+                    keepalive_timeout=KEEPALIVE_IDLE,
                 ),
                 timeout=self._timeout,
                 raise_for_status=False,

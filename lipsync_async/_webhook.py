@@ -68,6 +68,7 @@ from ._files import FileRegistry
 from ._http import is_loopback
 from ._limits import GatedSite, ServerLog, Summary, derive_cap, probe
 from ._models import JobState, check_url
+from ._tokens import TokenBook, check_token
 from ._wire import parse_job_state
 
 if TYPE_CHECKING:
@@ -152,6 +153,11 @@ class WebhookReceiver:
             client's own connections, files, the store).
         check_reachable: on start, call the receiver once through its public URL; if that
             fails, log a WARNING and set :attr:`reachable` False (the client then polls).
+        token_ttl: seconds the correlation token of an uncertain submit stays known (see
+            ``SubmissionUncertainError.resolve``): each submit's URL is
+            ``{url}?t={token}``; a delivery carrying the token of a submit whose answer was
+            lost names that submit's job. At most ``max_uncertain`` such tokens are kept,
+            oldest dropped first; submits that got their answer keep none.
     """
 
     def __init__(
@@ -175,6 +181,8 @@ class WebhookReceiver:
         max_connections: int | None = None,
         reserve_fds: int = 256,
         check_reachable: bool = True,
+        token_ttl: float = 3600.0,
+        max_uncertain: int = 10_000,
     ) -> None:
         if public_url is not None:
             check_url("public_url", public_url)
@@ -218,7 +226,22 @@ class WebhookReceiver:
         self._site: GatedSite | None = None
         self._reachable: bool | None = None  # None: not checked
         self._api_remote = False  # a loopback receiver URL given to a non-loopback API
+        if (
+            isinstance(token_ttl, bool)
+            or not isinstance(token_ttl, int | float)
+            or not 0 < token_ttl < float("inf")
+        ):
+            raise ValidationError("token_ttl", f"must be seconds > 0, got {token_ttl!r}")
+        if (
+            isinstance(max_uncertain, bool)
+            or not isinstance(max_uncertain, int)
+            or max_uncertain < 1
+        ):
+            raise ValidationError(
+                "max_uncertain", f"must be an integer >= 1, got {max_uncertain!r}"
+            )
         self._files = FileRegistry(float(file_grace))
+        self._tokens = TokenBook(ttl=float(token_ttl), max_uncertain=max_uncertain)
         self._public_url = public_url.rstrip("/") if public_url else None
         self.host = host
         self._port = port
@@ -269,6 +292,10 @@ class WebhookReceiver:
                 host = "127.0.0.1"
             base = f"http://{host}:{self.port}"
         return f"{base}{self.path}/{self._secret_str}"
+
+    def _hook_url(self, token: str) -> str:
+        """The webhook URL for one submit: the receiver's URL and its correlation token."""
+        return f"{self.url}?t={token}"
 
     @property
     def reachable(self) -> bool:
@@ -354,7 +381,7 @@ class WebhookReceiver:
         return ReceiverASGIApp(self)
 
     async def _receive_http(
-        self, method: str, secret: str, body: bytes
+        self, method: str, secret: str, body: bytes, token: str | None = None
     ) -> tuple[int, dict[str, str], bytes]:
         """One request to ``{path}/{secret}`` from a server that is not aiohttp (the ASGI app):
         the same checks, in the same order, as ``_accept``, then the same ``_dispatch``.
@@ -378,7 +405,7 @@ class WebhookReceiver:
                 state = parse_job_state(data)
             except APIError as exc:
                 return _reply(400, exc.message)
-            return await self._dispatch_in_time(state)
+            return await self._dispatch_in_time(state, check_token(token))
 
         try:
             reply = await answer()
@@ -492,12 +519,18 @@ class WebhookReceiver:
         elif self._store is not store:
             raise ValidationError("store", "the receiver and its client must share one store")
 
-    async def _record(self, state: JobState) -> bool:
-        """Record a final state in the shared store; False if the store cannot take it now."""
+    async def _record(self, state: JobState, token: str | None = None) -> bool:
+        """Record a final state in the shared store; False if the store cannot take it now.
+
+        With the correlation token of a submit this process does not know, also record which
+        job the token named: the worker whose submit it was may be waiting to settle it.
+        """
         if self._store is None or not state.is_final:
             return True
         try:
             await self._store.record_final(state)
+            if token is not None:
+                await self._store.record_token(token, state.id)
         except LipsyncError as exc:
             log.warning("delivery for job %r: cannot record it in the store (%s)", state.id, exc)
             return False
@@ -511,6 +544,7 @@ class WebhookReceiver:
     def _unbind(self, sink: DeliverySink) -> None:
         if self._sink is sink:
             self._sink = None
+            self._tokens.clear()  # the client's submits: nobody can settle them now
             for task in (*self._vetting, *self._verifying.values()):
                 task.cancel()
             self._verified_at.clear()
@@ -657,13 +691,15 @@ class WebhookReceiver:
             state = parse_job_state(data)
         except APIError as exc:
             return _reply(400, exc.message)
-        return await self._dispatch_in_time(state)
+        return await self._dispatch_in_time(state, check_token(request.query.get("t")))
 
-    async def _dispatch_in_time(self, state: JobState) -> web.StreamResponse:
+    async def _dispatch_in_time(
+        self, state: JobState, token: str | None = None
+    ) -> web.StreamResponse:
         """``_dispatch`` within ``handler_timeout``; past it, 503 (the service retries)."""
         try:
             async with asyncio.timeout(self.handler_timeout):
-                return await self._dispatch(state)
+                return await self._dispatch(state, token)
         except TimeoutError:
             log.warning(
                 "delivery for job %r not processed within %g s: answered 503 (retried)",
@@ -672,7 +708,12 @@ class WebhookReceiver:
             )
             return _reply(503, "not processed in time, retry later")
 
-    async def _dispatch(self, state: JobState) -> web.StreamResponse:
+    async def _dispatch(self, state: JobState, token: str | None = None) -> web.StreamResponse:
+        # Authenticated: a token of our own submits in flight or uncertain names its job now
+        # (tokens correlate, they do not authenticate). Unknown tokens change nothing here;
+        # with a store they are recorded for the worker whose submit it was (see _record).
+        if token is not None and self._tokens.seen(token, state):
+            token = None
         sink = self._sink
         if self.verify and sink is None:
             # Nothing here can read the API: recording or handing on what a secret holder
@@ -687,7 +728,7 @@ class WebhookReceiver:
         if sink is not None:
             if self.verify:
                 if sink.get(state.id) is None:
-                    return await self._untracked(state)
+                    return await self._untracked(state, token)
                 try:
                     verified = await self._verified(sink, state.id)
                 except NotFoundError:  # logged once per read, not per POST (see _read)
@@ -707,7 +748,7 @@ class WebhookReceiver:
             self.received += 1
             matched = sink.deliver(state)
             self.matched += matched
-            if not matched and not await self._record(state):  # another worker's job?
+            if not matched and not await self._record(state, token):  # another worker's job?
                 return _reply(503, "cannot record the delivery now, retry later")
             log.info(
                 "delivery job=%r status=%r %s",  # %r: the sender's text, escaped
@@ -717,7 +758,7 @@ class WebhookReceiver:
             )
             return _reply(200, "")
         if self._store is not None:
-            if not await self._record(state):
+            if not await self._record(state, token):
                 return _reply(503, "cannot record the delivery now, retry later")
             if self._on_delivery is None and not self._iterating:
                 self.received += 1
@@ -742,7 +783,7 @@ class WebhookReceiver:
         # Closing, or nobody to take it: the service retries later, to us or another worker.
         return _reply(503, "not accepting deliveries now")
 
-    async def _untracked(self, state: JobState) -> web.StreamResponse:
+    async def _untracked(self, state: JobState, token: str | None = None) -> web.StreamResponse:
         """``verify=True``, an id the client does not track: no read, and not held.
 
         The tracker's early-delivery buffer would resolve a job that claims the id later with
@@ -752,7 +793,7 @@ class WebhookReceiver:
         it is acknowledged and dropped: the job resolves from a later delivery or its poll.
         """
         self.received += 1
-        if not await self._record(state):
+        if not await self._record(state, token):
             return _reply(503, "cannot record the delivery now, retry later")
         log.info(
             "delivery job=%r status=%r not tracked here (unverified)", state.id, state.status.value

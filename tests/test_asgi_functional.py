@@ -17,7 +17,14 @@ import aiohttp
 import pytest
 import uvicorn
 
-from lipsync_async import ASGIApp, JobState, LipsyncClient, ValidationError, WebhookReceiver
+from lipsync_async import (
+    ASGIApp,
+    JobState,
+    LipsyncClient,
+    SubmissionUncertainError,
+    ValidationError,
+    WebhookReceiver,
+)
 from lipsync_async.testing import FakeLipsyncServer
 
 from .conftest import AUDIO, IMAGE
@@ -95,9 +102,7 @@ async def test_asgi_answers_like_the_aiohttp_receiver() -> None:
     sock = bound_socket()
     port = sock.getsockname()[1]
     got: list[JobState] = []
-    receiver = WebhookReceiver(
-        f"http://127.0.0.1:{port}", on_delivery=got.append, max_body=1024
-    )
+    receiver = WebhookReceiver(f"http://127.0.0.1:{port}", on_delivery=got.append, max_body=1024)
     state = {"id": "job-1", "model": "lipsync-image", "status": "completed",
              "output": "https://cdn.example.com/1.mp4", "error": "", "executionTime": 5,
              "timings": None}  # fmt: skip
@@ -145,3 +150,21 @@ def test_asgi_needs_a_public_url() -> None:
     with pytest.raises(ValidationError, match="public_url"):
         WebhookReceiver(None).asgi()
     assert WebhookReceiver(None, port=8080).asgi() is not None
+
+
+async def test_asgi_receiver_settles_an_uncertain_submit_by_its_token() -> None:
+    """Under uvicorn, the correlation token in the delivery's query string reaches the
+    receiver: a submit whose answer was dropped is settled by exc.resolve()."""
+    sock = bound_socket()
+    port = sock.getsockname()[1]
+    receiver = WebhookReceiver(f"http://127.0.0.1:{port}")
+    app = mounted(receiver.path, receiver.asgi())
+    async with FakeLipsyncServer(job_duration=0.05, drop_rate=1.0) as fake, serve(app, sock):
+        async with LipsyncClient(
+            fake.api_key, base_url=fake.base_url, webhook=receiver, poll_interval=0.05
+        ) as client:
+            with pytest.raises(SubmissionUncertainError) as info:
+                await client.lipsync_image(image=IMAGE, audio=AUDIO)
+            job = await info.value.resolve(timeout=10)
+            assert job is not None and job.id in fake.jobs
+            assert (await job.wait(timeout=10)).id == job.id

@@ -75,3 +75,12 @@ async def test_store_contract(store: Store) -> None:
         assert store.announced == 2
     else:
         assert heard == [_done("a"), _done("d")]
+
+
+async def test_correlation_tokens_contract(store: Store) -> None:
+    """record_token keeps the first job a token named and token_job reads it back; an
+    unknown token is None."""
+    await store.record_token("tok_" + "a" * 12, "job-1")
+    await store.record_token("tok_" + "a" * 12, "job-2")  # first one wins
+    assert await store.token_job("tok_" + "a" * 12) == "job-1"
+    assert await store.token_job("tok_" + "b" * 12) is None

@@ -60,7 +60,10 @@ async def test_deliveries_resolve_without_reads(
     receiver = hooked.webhook
     assert receiver is not None
     assert receiver.matched == 500
-    assert all(fake.jobs[j.id].webhook == receiver.url for j in jobs)
+    # Each submit carries the receiver's URL and a correlation token of its own.
+    hooks = [fake.jobs[j.id].webhook or "" for j in jobs]
+    assert all(h.startswith(receiver.url + "?t=") for h in hooks)
+    assert len(set(hooks)) == 500
 
 
 async def test_failed_job_by_delivery(fake: FakeLipsyncServer, hooked: LipsyncClient) -> None:

@@ -5,16 +5,26 @@ Each input line is one request, ``{"endpoint": "image", "image": ..., "audio": .
 submit it, wait for the job and append its result to ``--out`` (flushed per line), so a crash or
 Ctrl-C keeps every finished line.
 
-Two files make it resumable without ever paying twice:
+Two files make it resumable without ever paying twice, both keyed by the *request*, not the
+line number: each record carries ``digest``, a hash of the line's endpoint, ``formState`` and
+``webhook`` (what the service is asked to do; local file paths count by their path):
 
-- ``--out`` holds one result per finished line (``{"line": 7, "id": ..., "status": ...}``);
-  a rerun skips lines whose result is ``completed``, ``failed`` or ``uncertain`` and retries
-  those that ended in an ``error`` (the last line for a number wins).
-- ``--out`` + ``.submitted`` journals each job id the moment its submit is answered; a rerun
-  attaches to those jobs by id instead of submitting their lines again. A submit whose answer
-  was lost (``uncertain``) is not retried: the job may exist and be billed.
+- ``--out`` holds one result per finished line (``{"line": 7, "digest": ..., "id": ...,
+  "status": ...}``); a rerun skips a line only if the same request finished (``completed``,
+  ``failed`` or ``uncertain``), and runs again those that ended in an ``error``;
+- ``--out`` + ``.submitted`` journals each job id, with its digest, the moment its submit is
+  answered; a rerun attaches to those jobs by id instead of submitting the same request again.
 
-Rerun with the same input file: results are matched by line number.
+So inserting, deleting or reordering lines between runs resubmits nothing; an edited line is
+a new request: it is reported (with its number) and submitted. The same request on several
+lines runs once per line. Records an older version wrote without a digest are matched by line
+number, as that version did.
+
+A submit whose answer was lost (``SubmissionUncertainError``) is never sent again: the job may
+exist and be billed. With ``--public-url`` (a receiver), the run first waits up to
+``--settle-timeout`` seconds for the job's delivery, which names the submit by its correlation
+token: a settled line becomes an ordinary job; only those that stay unsettled are reported
+``uncertain``.
 
 Spending: a line may say how long its audio is (``"seconds"``, or ``"left_seconds"`` and
 ``"right_seconds"`` for ``multi``; read for the estimate, never sent), else the service's 5 s
@@ -27,6 +37,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import signal
 import sys
@@ -54,7 +65,7 @@ from .._cost import MINIMUM_SECONDS, estimate_credits
 from .._errors import JobFailed, LipsyncError, SubmissionUncertainError, ValidationError
 from .._job import Job
 from .._models import JobState, LipsyncImageMultiRequest, Request
-from .._wire import state_to_wire
+from .._wire import form_state, state_to_wire
 from ._common import (
     EXIT_API,
     EXIT_FAILED,
@@ -107,6 +118,14 @@ _FINAL = frozenset({"completed", "failed", "uncertain"})
     is_flag=True,
     help="Validate every line and print the credit estimate of what a run would submit.",
 )
+@click.option(
+    "--settle-timeout",
+    type=click.FloatRange(min=0),
+    default=900.0,
+    show_default=True,
+    help="With --public-url: seconds to wait for the delivery of a submit whose answer was "
+    "lost, which proves its job exists, before reporting the line uncertain.",
+)
 @api_options(receiver=True)
 def batch(
     opts: ApiOptions,
@@ -116,6 +135,7 @@ def batch(
     download: Path | None,
     max_credits: float | None,
     dry_run: bool,
+    settle_timeout: float,
 ) -> None:
     """Run every request of a JSONL file, with a live progress bar; resumable.
 
@@ -124,22 +144,18 @@ def batch(
     errors, 130 on Ctrl-C.
     """
     err = Console(stderr=True, highlight=False)
-    todo, bad = _read_input(file)
+    todo, bad = _read_input(file, public_url=opts.public_url is not None)
     if out is None and not dry_run:
         fail("--out is required (where results go, and what a rerun resumes from)", EXIT_USAGE)
-    finished = _read_results(out) if out is not None else {}
     journal_path = out.with_name(out.name + ".submitted") if out is not None else None
-    submitted = _read_journal(journal_path) if journal_path is not None else {}
-    state = _Batch(bad=len(bad), download=download, total=len(todo), max_credits=max_credits)
-    uncertain = []
-    for lineno, (request, credits, at_least) in todo:
-        status = finished.get(lineno)
-        if status is None:
-            state.work.append(_Item(lineno, request, submitted.get(lineno), credits, at_least))
-        else:  # counted, so the bar, the summary and the exit code cover the whole file
-            state.count(status)
-            if status == "uncertain":
-                uncertain.append(lineno)
+    state = _Batch(
+        bad=len(bad),
+        download=download,
+        total=len(todo),
+        max_credits=max_credits,
+        settle_timeout=settle_timeout,
+    )
+    uncertain = _plan(state, todo, out, journal_path)
     if uncertain:
         click.echo(  # click, not rich: a log line must not wrap at 80 columns
             f"{len(uncertain)} line(s) had a submit whose answer was lost and are not retried "
@@ -147,7 +163,11 @@ def batch(
             err=True,
         )
     if state.finished:
-        click.echo(f"resuming: {state.finished} line(s) already in {out}, skipped", err=True)
+        click.echo(
+            f"resuming: {state.finished} line(s) already in {out} (the same request '"
+            "finished), skipped",
+            err=True,
+        )
     attached = [item.line for item in state.work if item.job_id is not None]
     if attached and journal_path is not None:
         click.echo(
@@ -191,6 +211,126 @@ class _Item:
     job_id: str | None  # from the journal: attach, do not submit again
     credits: float = 0.0  # the estimate, for --max-credits and --dry-run
     at_least: bool = False  # no audio length given: the 5 s minimum
+    digest: str = ""
+
+
+def request_digest(request: Request) -> str:
+    """What identifies a line's request across runs: its endpoint, formState and webhook."""
+    what = {"endpoint": request.endpoint, "formState": form_state(request)}
+    if request.webhook is not None:
+        what["webhook"] = request.webhook
+    text = json.dumps(what, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+def _plan(
+    batch: _Batch, todo: list[tuple[int, _Line]], out: Path | None, journal_path: Path | None
+) -> list[int]:
+    """Match this file's lines to earlier runs by request digest; fill ``batch.work``.
+
+    A line whose request finished before is counted and skipped; one whose request was
+    submitted (journal) and not finished is attached by id; anything else is submitted, and
+    reported when earlier runs exist: as *changed* when it stands where an earlier line whose
+    request is gone from the file stood (just after the line matched to that line's
+    predecessor), as a *repeat* when another line already ran the same request, else as new.
+    The same request on several lines matches as many earlier records, one each. Returns the
+    lines skipped because an earlier run left them uncertain.
+    """
+    digests = {lineno: request_digest(line[0]) for lineno, line in todo}
+    legacy = 0
+
+    def digest_of(record: dict[str, Any]) -> str | None:
+        nonlocal legacy
+        value = record.get("digest")
+        if isinstance(value, str):
+            return value
+        legacy += 1  # written before digests: matched by line number, as it was then
+        return digests.get(record["line"])
+
+    # Results: the last record per (request, earlier line) wins; finished ones are reusable.
+    last: dict[tuple[str, int], dict[str, Any]] = {}
+    for record in _records(out) if out is not None else ():
+        key = digest_of(record)
+        if key is not None:
+            last[(key, record["line"])] = record
+    finished: dict[str, list[tuple[str, int]]] = {}  # digest -> (status, earlier line)
+    done_ids: set[str] = set()
+    old_lines: dict[int, str] = {}  # earlier line number -> its request's digest
+    for (key, old_line), record in last.items():
+        old_lines[old_line] = key
+        if isinstance(record.get("id"), str):
+            done_ids.add(record["id"])
+        status = str(record.get("status"))
+        if status in _FINAL:
+            finished.setdefault(key, []).append((status, old_line))
+    journal: dict[str, list[tuple[str, int]]] = {}  # digest -> (job id, earlier line)
+    for record in _records(journal_path) if journal_path is not None else ():
+        key = digest_of(record)
+        job_id = record.get("id")
+        if key is not None and isinstance(job_id, str) and job_id and job_id not in done_ids:
+            ids = journal.setdefault(key, [])
+            if all(job_id != known for known, _ in ids):
+                ids.append((job_id, record["line"]))
+            old_lines.setdefault(record["line"], key)
+    ran_before = set(old_lines.values())
+    current = set(digests.values())
+    uncertain: list[int] = []
+    changed: list[str] = []
+    repeats: list[int] = []
+    fresh: list[int] = []
+    matched_to: dict[int, int] = {}  # this file's line -> the earlier line it matched
+    for lineno, (request, credits, at_least) in todo:
+        key = digests[lineno]
+        statuses = finished.get(key)
+        if statuses:
+            status, matched_to[lineno] = statuses.pop(0)
+            batch.count(status)  # counted, so the bar, summary and exit code cover the file
+            if status == "uncertain":
+                uncertain.append(lineno)
+            continue
+        attachable = journal.get(key)
+        job_id = None
+        if attachable:
+            job_id, matched_to[lineno] = attachable.pop(0)
+        elif old_lines:
+            before = matched_to.get(lineno - 1, 0 if lineno == 1 else -1) + 1
+            gone = old_lines.get(before)
+            if before > 0 and gone is not None and gone not in current:
+                changed.append(f"{lineno} (was line {before})")
+            elif key in ran_before:
+                repeats.append(lineno)
+            else:
+                fresh.append(lineno)
+        batch.work.append(_Item(lineno, request, job_id, credits, at_least, key))
+    if legacy:
+        click.echo(
+            f"{legacy} earlier record(s) carry no request digest (an older version wrote "
+            "them): matched by line number",
+            err=True,
+        )
+    if changed:
+        shown = ", ".join(changed[:20]) + ("..." if len(changed) > 20 else "")
+        click.echo(
+            f"{len(changed)} line(s) changed since the earlier run: a different request now, "
+            f"submitted as new (the earlier request is not sent again): lines {shown}",
+            err=True,
+        )
+    if repeats:
+        click.echo(
+            f"{len(repeats)} line(s) repeat a request that already ran for another line, and "
+            f"run again, as the file asks: lines {_numbers(repeats)}",
+            err=True,
+        )
+    if fresh:
+        click.echo(f"{len(fresh)} new line(s): lines {_numbers(fresh)}", err=True)
+    vanished = len({k for k in ran_before if k not in current})
+    if vanished:
+        click.echo(
+            f"{vanished} earlier request(s) match no line of the file now (removed or "
+            "edited): not sent again",
+            err=True,
+        )
+    return uncertain
 
 
 @attrs.define(kw_only=True)
@@ -203,6 +343,7 @@ class _Batch:
     failed: int = 0
     errors: int = 0
     max_credits: float | None = None
+    settle_timeout: float = 0.0  # waiting for the delivery of an uncertain submit
     committed: float = 0.0  # this run's submits, in estimated credits
     capped: list[int] = attrs.field(factory=list)  # lines --max-credits kept from submitting
     resumed: int = 0  # lines already finished when this run started: not this run's work
@@ -245,8 +386,12 @@ _LENGTHS = ("seconds", "left_seconds", "right_seconds")
 _Line = tuple[Request, float, bool]  # the request, its credit estimate, "at least"?
 
 
-def _read_input(path: Path) -> tuple[list[tuple[int, _Line]], list[int]]:
-    """Parse every line; report each bad one with its number and leave it out."""
+def _read_input(path: Path, *, public_url: bool) -> tuple[list[tuple[int, _Line]], list[int]]:
+    """Parse every line; report each bad one with its number and leave it out.
+
+    Without ``--public-url``, a line naming a local file is bad too: nothing could serve the
+    file to the service. The rest of the batch runs.
+    """
     todo: list[tuple[int, _Line]] = []
     bad: list[int] = []
     with path.open(encoding="utf-8", errors="replace") as fh:
@@ -254,7 +399,15 @@ def _read_input(path: Path) -> tuple[list[tuple[int, _Line]], list[int]]:
             if not text.strip():
                 continue
             try:
-                todo.append((lineno, _parse_line(text)))
+                line = _parse_line(text)
+                files = local_files(line[0])
+                if files and not public_url:
+                    raise ValidationError(
+                        files[0],
+                        "is a local file, which needs --public-url (an address where the "
+                        "service can fetch it); or upload it and pass its URL",
+                    )
+                todo.append((lineno, line))
             except (ValueError, ValidationError) as exc:  # ValidationError is a ValueError too
                 bad.append(lineno)
                 click.echo(f"{path}:{lineno}: skipped: {exc}", err=True)
@@ -284,6 +437,7 @@ def _parse_line(text: str) -> _Line:
 
 
 def _records(path: Path) -> Iterator[dict[str, Any]]:
+    """The readable records of a results or journal file (``line`` an int)."""
     if not path.exists():
         return
     with path.open(encoding="utf-8", errors="replace") as fh:
@@ -294,18 +448,6 @@ def _records(path: Path) -> Iterator[dict[str, Any]]:
                 continue
             if isinstance(record, dict) and isinstance(record.get("line"), int):
                 yield record
-
-
-def _read_results(path: Path) -> dict[int, str]:
-    """The status of each line already finished (its last record wins)."""
-    last: dict[int, str] = {}
-    for record in _records(path):
-        last[record["line"]] = str(record.get("status"))
-    return {line: status for line, status in last.items() if status in _FINAL}
-
-
-def _read_journal(path: Path) -> dict[int, str]:
-    return {r["line"]: r["id"] for r in _records(path) if isinstance(r.get("id"), str) and r["id"]}
 
 
 def _open_append(path: Path) -> IO[str]:
@@ -500,6 +642,7 @@ async def _worker(
         record = await _one(client, batch, item, journal)
         if record is None:  # interrupted while waiting: the journal lets a rerun attach
             return
+        record = {"line": record.pop("line"), "digest": item.digest, **record}
         batch.count(record["status"])
         _write(results, record)
         advance()
@@ -517,10 +660,13 @@ async def _one(
         try:
             job = await client.submit(item.request)
         except SubmissionUncertainError as exc:
-            return {"line": item.line, "id": None, "status": "uncertain", "error": str(exc)}
+            settled = await _settle(batch, exc)
+            if settled is None:
+                return {"line": item.line, "id": None, "status": "uncertain", "error": str(exc)}
+            job = settled
         except LipsyncError as exc:
             return {"line": item.line, "id": None, "status": "error", "error": str(exc)}
-        _write(journal, {"line": item.line, "id": job.id})
+        _write(journal, {"line": item.line, "digest": item.digest, "id": job.id})
     waiter = asyncio.ensure_future(_outcome(job))
     stopper = asyncio.ensure_future(batch.stop.wait())
     try:
@@ -543,6 +689,25 @@ async def _one(
             # Completed and paid for: a rerun attaches by id (journal) and downloads again.
             return {"line": item.line, "id": job.id, "status": "error", "error": str(exc)}
     return record
+
+
+async def _settle(batch: _Batch, exc: SubmissionUncertainError) -> Job | None:
+    """The job of an uncertain submit, once its delivery proves it exists (a receiver is
+    needed); ``None`` if none came within ``--settle-timeout``, or Ctrl-C came first."""
+    if not exc.resolvable or batch.settle_timeout <= 0:
+        return None
+    settle = asyncio.ensure_future(exc.resolve(timeout=batch.settle_timeout))
+    stopper = asyncio.ensure_future(batch.stop.wait())
+    try:
+        await asyncio.wait({settle, stopper}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopper.cancel()
+        if not settle.done():
+            settle.cancel()
+        await asyncio.gather(settle, stopper, return_exceptions=True)
+    if settle.cancelled() or settle.exception() is not None:
+        return None
+    return settle.result()
 
 
 async def _outcome(job: Job) -> tuple[JobState | None, str]:

@@ -146,6 +146,27 @@ class Store(abc.ABC):
     async def finals(self, job_ids: Sequence[str]) -> dict[str, JobState]:
         """The recorded final states among ``job_ids``."""
 
+    # -- correlation tokens ------------------------------------------------------------------
+
+    #: Seconds a recorded token is kept: as long as the receiver keeps an uncertain submit's
+    #: token by default (``WebhookReceiver(token_ttl=...)``).
+    token_ttl: float = 3600.0
+
+    async def record_token(self, token: str, job_id: str) -> None:
+        """A delivery carrying correlation ``token`` named ``job_id``; keep that ``token_ttl``.
+
+        Written by a receiver that got a delivery whose token it does not know: the submit
+        may be another worker's, whose answer was lost (``SubmissionUncertainError``), and
+        that worker reads it back with :meth:`token_job`. The first job named for a token
+        is kept. A store of your own that does not override this records nothing: uncertain
+        submits then settle only from deliveries to the submitting worker's own receiver.
+        """
+        return
+
+    async def token_job(self, token: str) -> str | None:
+        """The job id a delivery carrying ``token`` named, if one was recorded (and is fresh)."""
+        return None
+
     # -- the channel -------------------------------------------------------------------------
 
     def add_listener(

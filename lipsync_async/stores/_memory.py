@@ -7,6 +7,8 @@ and a standalone receiver sharing one ``MemoryStore`` route deliveries to each o
 
 from __future__ import annotations
 
+import time
+from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 
 from .._models import JobState
@@ -26,6 +28,8 @@ class MemoryStore(Store):
         self._pending: dict[str, PendingRecord] = {}
         self._finals: dict[str, JobState] = {}  # insertion order: oldest first
         self._max_finals = max_finals
+        # token -> (expiry, job id), oldest first; bounded like the finals.
+        self._tokens: OrderedDict[str, tuple[float, str]] = OrderedDict()
 
     def __repr__(self) -> str:
         return f"<MemoryStore pending={len(self._pending)} finals={len(self._finals)}>"
@@ -50,6 +54,20 @@ class MemoryStore(Store):
 
     async def finals(self, job_ids: Sequence[str]) -> dict[str, JobState]:
         return {i: s for i in job_ids if (s := self._finals.get(i)) is not None}
+
+    async def record_token(self, token: str, job_id: str) -> None:
+        tokens = self._tokens
+        now = time.monotonic()
+        while tokens:
+            oldest, (expires, _) = next(iter(tokens.items()))
+            if expires >= now and len(tokens) < self._max_finals:
+                break
+            del tokens[oldest]
+        tokens.setdefault(token, (now + self.token_ttl, job_id))
+
+    async def token_job(self, token: str) -> str | None:
+        held = self._tokens.get(token)
+        return held[1] if held is not None and held[0] >= time.monotonic() else None
 
     def _keep(self, state: JobState) -> bool:
         if not state.is_final or state.id in self._finals:

@@ -121,6 +121,7 @@ class RedisStore(Store):
         self._subscriber: asyncio.Task[None] | None = None
         self._subscribed = asyncio.Event()
         self._batch: list[tuple[JobState, asyncio.Future[bool]]] = []
+        self._token_batch: list[tuple[str, str, asyncio.Future[bool]]] = []
         self._writer: asyncio.Task[None] | None = None
         self._unreadable = Unreadable(f"Redis store {prefix!r}")
 
@@ -231,22 +232,49 @@ class RedisStore(Store):
 
     async def _write_batches(self) -> None:
         try:
-            while self._batch:
+            while self._batch or self._token_batch:
                 batch, self._batch = self._batch, []
-                try:
-                    flags = await self._keep([s for s, _ in batch], drop=False)
-                except Exception as exc:
-                    for _, fut in batch:
+                if batch:
+                    try:
+                        flags = await self._keep([s for s, _ in batch], drop=False)
+                    except Exception as exc:
+                        for _, fut in batch:
+                            if not fut.done():
+                                fut.set_exception(exc)
+                        continue
+                    for (_, fut), flag in zip(batch, flags, strict=True):
                         if not fut.done():
-                            fut.set_exception(exc)
-                    continue
-                for (_, fut), flag in zip(batch, flags, strict=True):
-                    if not fut.done():
-                        fut.set_result(flag)
+                            fut.set_result(flag)
+                tokens, self._token_batch = self._token_batch, []
+                if tokens:
+                    await self._write_tokens(tokens)
         finally:
             self._writer = None
             for _, fut in self._batch:  # cancelled (the store closes): nobody writes these
                 fut.cancel()
+            for *_, fut in self._token_batch:
+                fut.cancel()
+            self._token_batch = []
+
+    async def _write_tokens(self, batch: list[tuple[str, str, asyncio.Future[bool]]]) -> None:
+        """One pipeline for every token recorded while the previous write was in flight."""
+        ttl = max(1, int(self.token_ttl))
+        try:
+            client = self._open_client()
+            async with self._guard("cannot record correlation tokens"):
+                pipe = client.pipeline(transaction=False)
+                for token, job_id, _ in batch:
+                    # NX: the first job named for a token stays; EX: gone after token_ttl.
+                    pipe.set(f"{self.prefix}:token:{token}", job_id, nx=True, ex=ttl)
+                await pipe.execute()
+        except Exception as exc:
+            for *_, fut in batch:
+                if not fut.done():
+                    fut.set_exception(exc)
+            return
+        for *_, fut in batch:
+            if not fut.done():
+                fut.set_result(True)
 
     async def finish(self, states: Sequence[JobState], dropped: Iterable[str] = ()) -> None:
         await self._keep([s for s in states if s.is_final], drop=True)
@@ -287,6 +315,27 @@ class RedisStore(Store):
                 if text is not None and (state := load_state(text)) is not None:
                     out[job_id] = state
         return out
+
+    async def record_token(self, token: str, job_id: str) -> None:
+        # Batched with the final states' writer: deliveries come concurrently, and one
+        # connection per token write would starve the pool the submits need.
+        self._open_client()
+        fut: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._token_batch.append((token, job_id, fut))
+        if self._writer is None:
+            self._writer = asyncio.get_running_loop().create_task(self._write_batches())
+        await fut
+
+    async def token_job(self, token: str) -> str | None:
+        client = self._open_client()
+        async with self._guard("cannot read a correlation token"):
+            raw = await client.get(f"{self.prefix}:token:{token}")
+        if isinstance(raw, bytes):
+            try:
+                raw = raw.decode()
+            except UnicodeDecodeError:
+                return None
+        return raw if isinstance(raw, str) and raw and raw.isprintable() else None
 
     # -- the subscriber ----------------------------------------------------------------------
 

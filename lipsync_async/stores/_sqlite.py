@@ -42,6 +42,9 @@ CREATE TABLE IF NOT EXISTS finals (
     id TEXT PRIMARY KEY, recorded_at REAL NOT NULL, state TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS finals_recorded_at ON finals (recorded_at);
+CREATE TABLE IF NOT EXISTS tokens (
+    token TEXT PRIMARY KEY, expires_at REAL NOT NULL, job_id TEXT NOT NULL
+);
 """
 _CHUNK = 500  # ids per IN (...) query, well under SQLite's variable limit
 
@@ -125,6 +128,7 @@ class SQLiteStore(Store):
             db.execute("PRAGMA synchronous=NORMAL")
             db.executescript(_SCHEMA)
             db.execute("DELETE FROM finals WHERE recorded_at < ?", (time.time() - self.final_ttl,))
+            db.execute("DELETE FROM tokens WHERE expires_at < ?", (time.time(),))
         except BaseException:
             db.close()
             raise
@@ -213,6 +217,29 @@ class SQLiteStore(Store):
             if state is not None:
                 out[job_id] = state
         return out
+
+    async def record_token(self, token: str, job_id: str) -> None:
+        expires = time.time() + self.token_ttl
+
+        def write(db: sqlite3.Connection) -> None:
+            db.execute("DELETE FROM tokens WHERE expires_at < ?", (time.time(),))
+            db.execute(
+                "INSERT OR IGNORE INTO tokens (token, expires_at, job_id) VALUES (?, ?, ?)",
+                (token, expires, job_id),
+            )
+
+        await self._call(write)
+
+    async def token_job(self, token: str) -> str | None:
+        def read(db: sqlite3.Connection) -> object:
+            row = db.execute(
+                "SELECT job_id FROM tokens WHERE token = ? AND expires_at >= ?",
+                (token, time.time()),
+            ).fetchone()
+            return None if row is None else row[0]
+
+        found = await self._call(read)
+        return found if isinstance(found, str) and found.isprintable() else None
 
 
 def _decode_text(raw: bytes) -> str:
