@@ -395,17 +395,7 @@ class WebhookReceiver:
                 return web.Response(status=405, headers={"Allow": "POST"})
             if len(body) > self.max_body:
                 return _reply(413, f"body over {self.max_body} bytes")
-            try:
-                data = json.loads(body)
-            except (ValueError, UnicodeDecodeError, RecursionError):
-                return _reply(400, "body is not JSON")
-            if not isinstance(data, dict):
-                return _reply(400, "body is not a JSON object")
-            try:
-                state = parse_job_state(data)
-            except APIError as exc:
-                return _reply(400, exc.message)
-            return await self._dispatch_in_time(state, check_token(token))
+            return await self._deliver_body(bytes(body), token)
 
         try:
             reply = await answer()
@@ -681,6 +671,10 @@ class WebhookReceiver:
             reply = _reply(400, "body not received whole")
             reply.force_close()
             return reply
+        return await self._deliver_body(bytes(body), request.query.get("t"))
+
+    async def _deliver_body(self, body: bytes, token: str | None) -> web.StreamResponse:
+        """A whole, authenticated body (from aiohttp or the ASGI app): parse, then dispatch."""
         try:
             data = json.loads(body)
         except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: too deep
@@ -691,7 +685,7 @@ class WebhookReceiver:
             state = parse_job_state(data)
         except APIError as exc:
             return _reply(400, exc.message)
-        return await self._dispatch_in_time(state, check_token(request.query.get("t")))
+        return await self._dispatch_in_time(state, check_token(token))
 
     async def _dispatch_in_time(
         self, state: JobState, token: str | None = None
