@@ -10,7 +10,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Mapping
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterable,
+    AsyncIterator,
+    Callable,
+    Iterable,
+    Mapping,
+)
 from pathlib import Path
 from typing import Any, Final, Self
 
@@ -405,7 +412,7 @@ class LipsyncClient:
         requests: Iterable[Request] | AsyncIterable[Request],
         *,
         concurrency: int = 64,
-    ) -> AsyncIterator[Job | LipsyncError]:
+    ) -> AsyncGenerator[Job | LipsyncError, None]:
         """Submit many requests; yield one outcome per request, in the order given.
 
         Each outcome is the request's :class:`Job`, or the :class:`LipsyncError` its submit
@@ -468,6 +475,8 @@ class LipsyncClient:
                         outcome = ValidationError(
                             "requests", f"item {index} is not a request model: {request!r:.60}"
                         )
+                    elif self._closing or self._loop is None:  # close() began or ended
+                        outcome = ClientClosedError(None)
                     else:
                         try:
                             outcome = await self.submit(request)
