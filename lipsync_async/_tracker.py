@@ -50,7 +50,7 @@ from collections import OrderedDict, deque
 from typing import TYPE_CHECKING, Final
 
 from ._errors import APIError, AuthenticationError, LipsyncError, NotFoundError
-from ._job import INITIAL, Job
+from ._job import INITIAL, Job, close_all
 from ._models import JobState
 from ._wire import job_path, loads_object, parse_job_state, state_to_wire
 
@@ -218,9 +218,7 @@ class Tracker:
         self._early.clear()
         self._early_bytes = 0
         jobs, self._jobs = self._jobs, {}
-        for job in jobs.values():
-            job._slot = None
-            job._close()
+        close_all(jobs.values())
         if readers:
             await asyncio.gather(*readers, return_exceptions=True)
 
