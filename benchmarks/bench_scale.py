@@ -339,7 +339,7 @@ async def child_held(n: int) -> dict[str, Any]:
                     async with sender.post(url, json=body) as resp:
                         assert resp.status == 200, resp.status
 
-                async with asyncio.timeout(120.0):
+                async with asyncio.timeout(600.0):
                     await run_workers(n, CONCURRENCY, deliver)
                     async for _ in client.as_completed(jobs):
                         pass
@@ -453,7 +453,7 @@ async def main(quick: bool) -> None:
             mem[(mode, n)] = run_child(["mem", mode, str(n), "rss"], 300.0 + n / 500.0)
         if n == 100_000:
             poll = run_child(["poll", "100000", "15"], 400.0)
-            held = run_child(["held", "20000"], 300.0)
+            held = run_child(["held", "20000"], 900.0)
             async with Emulator() as emu:
                 await emu.reset(job_duration=3600.0)
                 reads = await asyncio.to_thread(
