@@ -19,7 +19,7 @@ Every client runs once per round, rounds interleaved (raw, SDK, SDK submit_many,
 and the table shows each client's median round (by jobs/s): 5 rounds at full size, 1 with
 ``--quick``. The machine is shared, so the load average before and after is in the title.
 
-Usage: ``python benchmarks/bench_fanout.py [--quick]``
+Usage: ``python benchmarks/bench_fanout.py [--quick] [--sizes 5000,20000] [--rounds 5]``
 """
 
 from __future__ import annotations
@@ -44,7 +44,6 @@ from _bench import (
     bounded,
     emit,
     fmt,
-    parse_quick,
     ratio,
     table,
 )
@@ -132,10 +131,12 @@ async def measure(emu: Emulator, name: str, n: int, budget: float) -> dict[str, 
     return result
 
 
-async def main(quick: bool) -> None:
-    sizes = (500, 2_000) if quick else (1_000, 5_000, 20_000)
-    httpx_sizes = sizes[:1]
-    reps = 1 if quick else 5
+async def main(
+    quick: bool, sizes_arg: tuple[int, ...] | None = None, rounds: int | None = None
+) -> None:
+    sizes = sizes_arg or ((500, 2_000) if quick else (1_000, 5_000, 20_000))
+    httpx_sizes = sizes[:1] if sizes_arg is None else ()
+    reps = rounds or (1 if quick else 5)
     budget = 60.0
     load_before = os.getloadavg()[0]
     results: list[dict[str, Any]] = []
@@ -203,4 +204,12 @@ async def main(quick: bool) -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main(parse_quick()))
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--quick", action="store_true", help="small sizes, about a minute")
+    parser.add_argument("--sizes", help="comma-separated N (then httpx is not run)")
+    parser.add_argument("--rounds", type=int, help="interleaved rounds per N (default 5)")
+    args = parser.parse_args()
+    chosen = tuple(int(x) for x in args.sizes.split(",")) if args.sizes else None
+    asyncio.run(main(args.quick, chosen, args.rounds))
