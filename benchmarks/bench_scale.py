@@ -214,6 +214,9 @@ def _client(session: aiohttp.ClientSession, mode: str, poll: float) -> LipsyncCl
         session=session,
         webhook=receiver,
         poll_interval=poll,
+        # Not the default 600 s: a million submits under load can take longer than that, and
+        # the first jobs would then fall back to polling while we measure.
+        webhook_grace=3600.0,
     )
 
 
