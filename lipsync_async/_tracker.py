@@ -26,9 +26,11 @@ step of random interleavings, with a virtual clock):
      rescheduled (or finished), whatever the read raised.
 
 2. A finished job (completed, failed, refused, cancelled, closed) is in no bucket, not in
-   ``_jobs`` and referenced by nothing of the tracker's: the only things kept of it are its id
-   (in a bounded set of recent ids that acknowledges duplicate deliveries) and what its
-   own callbacks keep.
+   ``_jobs`` and referenced by nothing of the tracker's: the only things kept of it are an
+   8-byte fingerprint of its id (in a fixed ring of recent ids that acknowledges duplicate
+   deliveries) and what its own callbacks keep. A bucket its last job leaves is dropped with
+   its timer, and the job table is renewed when the last pending job ends, so nothing of a
+   finished wave stays behind (``bench_scale.py``: 2% of what it held pending, 1 s after).
 3. ``close()`` ends every pending job's wait (``ClientClosedError``), cancels every timer and
    reader, and leaves no task behind.
 
