@@ -217,7 +217,8 @@ class ClientClosedError(LipsyncError):
 
     def __init__(self, job_id: str | None) -> None:
         super().__init__(
-            f"the client was closed before job {job_id} finished; attach again with client.job(id)"
+            f"the client was closed before job {job_id} finished; "
+            "attach again with client.job(id)"
             if job_id is not None
             else "the client was closed before this submit was sent: nothing was submitted"
         )
