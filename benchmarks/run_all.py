@@ -31,6 +31,8 @@ BENCHMARKS = (
     ("memory", "bench_memory.py", 1500.0),
     ("receiver", "bench_receiver.py", 600.0),
     ("ratelimit", "bench_ratelimit.py", 300.0),
+    ("scale", "bench_scale.py", 5400.0),
+    ("cli_start", "bench_cli_start.py", 300.0),
 )
 
 

@@ -13,39 +13,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from ._asgi import ASGIApp
-from ._client import LipsyncClient
-from ._cost import estimate_credits
-from ._errors import (
-    APIConnectionError,
-    APIError,
-    APITimeoutError,
-    AuthenticationError,
-    BadRequestError,
-    ClientClosedError,
-    InsufficientCreditsError,
-    JobFailed,
-    JobTimeoutError,
-    LipsyncError,
-    NotFoundError,
-    RateLimitError,
-    ServerError,
-    SubmissionUncertainError,
-    ValidationError,
-)
-from ._job import Job
-from ._models import (
-    JobState,
-    JobStatus,
-    LipsyncImageMultiRequest,
-    LipsyncImageRequest,
-    LipsyncVideoRequest,
-    Order,
-    Request,
-    Resolution,
-)
-from ._webhook import WebhookReceiver
-
 __all__ = [
     "APIConnectionError",
     "APIError",
@@ -79,13 +46,98 @@ __all__ = [
 
 
 if TYPE_CHECKING:
-    # What type checkers see: a plain string attribute. The lazy module ``__getattr__`` below
-    # is hidden from them, so a misspelled import (``from lipsync_async import LipsyncClinet``)
-    # is an error in mypy and pyright instead of an ``Any``.
+    # What type checkers see: the names themselves, and a plain string attribute for the
+    # version. The lazy module ``__getattr__`` below is hidden from them, so a misspelled
+    # import (``from lipsync_async import LipsyncClinet``) is an error in mypy and pyright
+    # instead of an ``Any``.
+    from ._asgi import ASGIApp
+    from ._client import LipsyncClient
+    from ._cost import estimate_credits
+    from ._errors import (
+        APIConnectionError,
+        APIError,
+        APITimeoutError,
+        AuthenticationError,
+        BadRequestError,
+        ClientClosedError,
+        InsufficientCreditsError,
+        JobFailed,
+        JobTimeoutError,
+        LipsyncError,
+        NotFoundError,
+        RateLimitError,
+        ServerError,
+        SubmissionUncertainError,
+        ValidationError,
+    )
+    from ._job import Job
+    from ._models import (
+        JobState,
+        JobStatus,
+        LipsyncImageMultiRequest,
+        LipsyncImageRequest,
+        LipsyncVideoRequest,
+        Order,
+        Request,
+        Resolution,
+    )
+    from ._webhook import WebhookReceiver
+
     __version__: str
 else:
+    # At run time each name is imported on first use: ``import lipsync_async`` (and the
+    # command line's ``--help`` and ``cost``, which live in this package) does not pay for
+    # aiohttp, cattrs and asyncio until something needs them (issue 18). ``from lipsync_async
+    # import LipsyncClient`` works as before: the import system calls ``__getattr__``.
+    _WHERE = {
+        "ASGIApp": "._asgi",
+        "LipsyncClient": "._client",
+        "estimate_credits": "._cost",
+        "Job": "._job",
+        "WebhookReceiver": "._webhook",
+        **dict.fromkeys(
+            (
+                "APIConnectionError",
+                "APIError",
+                "APITimeoutError",
+                "AuthenticationError",
+                "BadRequestError",
+                "ClientClosedError",
+                "InsufficientCreditsError",
+                "JobFailed",
+                "JobTimeoutError",
+                "LipsyncError",
+                "NotFoundError",
+                "RateLimitError",
+                "ServerError",
+                "SubmissionUncertainError",
+                "ValidationError",
+            ),
+            "._errors",
+        ),
+        **dict.fromkeys(
+            (
+                "JobState",
+                "JobStatus",
+                "LipsyncImageMultiRequest",
+                "LipsyncImageRequest",
+                "LipsyncVideoRequest",
+                "Order",
+                "Request",
+                "Resolution",
+            ),
+            "._models",
+        ),
+    }
 
-    def __getattr__(name: str) -> str:
+    def __getattr__(name: str) -> object:
+        where = _WHERE.get(name)
+        if where is not None:
+            from importlib import import_module
+
+            value = getattr(import_module(where, __name__), name)
+            globals()[name] = value  # the next access is a plain attribute
+            return value
         # Lazy, like stamina: the version comes from the installed metadata when there is one.
         if name == "__version__":
             from importlib.metadata import PackageNotFoundError, version
@@ -97,3 +149,6 @@ else:
 
                 return __version__
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+    def __dir__() -> list[str]:
+        return sorted({*globals(), *__all__})

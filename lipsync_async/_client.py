@@ -11,7 +11,14 @@ import asyncio
 import functools
 import logging
 import os
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterable,
+    AsyncIterator,
+    Callable,
+    Iterable,
+    Mapping,
+)
 from pathlib import Path
 from typing import Any, Final, Self
 
@@ -468,6 +475,114 @@ class LipsyncClient:
         files.expire_with(job, tokens)
         return job
 
+    async def submit_many(
+        self,
+        requests: Iterable[Request] | AsyncIterable[Request],
+        *,
+        concurrency: int = 64,
+    ) -> AsyncGenerator[Job | LipsyncError, None]:
+        """Submit many requests; yield one outcome per request, in the order given.
+
+        Each outcome is the request's :class:`Job`, or the :class:`LipsyncError` its submit
+        ended with, *returned, not raised*: a :class:`ValidationError` (an item that is not a
+        request model, a local file without a receiver), a :class:`SubmissionUncertainError`
+        (the job may exist: never resubmit it blindly), an :class:`APIError` (the service
+        refused this one), :class:`ClientClosedError`. One bad request never stops the others,
+        and the outcomes line up with the input, so ``zip(requests, outcomes)`` pairs them.
+        Why values rather than exceptions: an ``async for`` cannot go on after a raise, and
+        why in order rather than as they finish: the caller can zip, resume and journal by
+        position without carrying ids around.
+
+        ``concurrency`` sender tasks (a fixed pool, not one task per request) take requests
+        from ``requests`` lazily (a generator of a million requests is never materialised),
+        at most ``4 * concurrency`` ahead of the outcome the caller is reading; the transport's
+        ``max_in_flight`` still bounds requests on the wire, status reads included.
+
+        Leaving early (``break``, an exception in the loop body, cancellation) stops taking
+        requests and cancels the submits in flight, as cancelling ``await client.submit()``
+        does (one already sent may have created a job; the client tracks it if its answer
+        came). The sender tasks end when the iterator is closed: at once with
+        ``contextlib.aclosing(client.submit_many(...))``, else when the event loop finalises
+        the abandoned iterator (the next loop turns). An exception raised by ``requests``
+        itself is raised here, after the submits in flight are cancelled.
+        """
+        if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
+            raise ValidationError("concurrency", f"must be an integer >= 1, got {concurrency!r}")
+        self._check_open()
+        loop = asyncio.get_running_loop()
+        window = 4 * concurrency
+        outcomes: dict[int, Job | LipsyncError] = {}
+        source = _Source(requests)
+        # Shared counters in a list: [next index to take, next index to yield, senders alive].
+        pos = [0, 0, concurrency]
+        failure: list[BaseException] = []
+        wake: list[asyncio.Future[None] | None] = [None]  # the reader, parked for pos[1]
+        room: list[asyncio.Future[None] | None] = [None]  # senders, parked for the window
+
+        def ping(which: list[asyncio.Future[None] | None]) -> None:
+            fut = which[0]
+            if fut is not None and not fut.done():
+                fut.set_result(None)
+            which[0] = None
+
+        async def sender() -> None:
+            try:
+                while True:
+                    while pos[0] - pos[1] >= window:
+                        fut = room[0]
+                        if fut is None:
+                            fut = room[0] = loop.create_future()
+                        await fut
+                    request = await source.next()
+                    if request is _END:
+                        return
+                    index = pos[0]
+                    pos[0] += 1
+                    outcome: Job | LipsyncError
+                    if not isinstance(request, _REQUEST_TYPES):
+                        outcome = ValidationError(
+                            "requests", f"item {index} is not a request model: {request!r:.60}"
+                        )
+                    elif self._closing or self._loop is None:  # close() began or ended
+                        outcome = ClientClosedError(None)
+                    else:
+                        try:
+                            outcome = await self.submit(request)
+                        except LipsyncError as exc:
+                            outcome = exc.with_traceback(None)  # its frames hold this pool
+                    outcomes[index] = outcome
+                    if index == pos[1]:
+                        ping(wake)
+            except BaseException as exc:
+                if not isinstance(exc, asyncio.CancelledError):
+                    failure.append(exc)
+                raise
+            finally:
+                pos[2] -= 1
+                ping(wake)
+
+        tasks = [loop.create_task(sender(), name="lipsync-submit-many") for _ in range(concurrency)]
+        try:
+            while True:
+                index = pos[1]
+                outcome_or_none = outcomes.pop(index, None)
+                if outcome_or_none is not None:
+                    pos[1] = index + 1
+                    if room[0] is not None and pos[0] - pos[1] < window:
+                        ping(room)
+                    yield outcome_or_none
+                    continue
+                if failure:
+                    raise failure[0]
+                if pos[2] == 0:  # every sender returned: nothing left to take
+                    return
+                fut = wake[0] = loop.create_future()
+                await fut
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
     async def lipsync_video(
         self,
         *,
@@ -645,3 +760,38 @@ class LipsyncClient:
         if job_id is None:
             return await fetch(url)
         return await refetch_expired(fetch, url, job_id, self.get_job, _output_of)
+
+
+_REQUEST_TYPES: Final = (LipsyncVideoRequest, LipsyncImageRequest, LipsyncImageMultiRequest)
+_END: Final[Any] = object()
+
+
+class _Source:
+    """The requests of a ``submit_many``, from a plain or an async iterable, one at a time.
+
+    A plain iterator is read without an await (no suspension per item); an async one under a
+    lock, so two senders never step it at once.
+    """
+
+    __slots__ = ("_aiter", "_iter", "_lock")
+
+    def __init__(self, requests: Iterable[Request] | AsyncIterable[Request]) -> None:
+        self._iter: Any = None
+        self._aiter: Any = None
+        if isinstance(requests, AsyncIterable):
+            self._aiter = aiter(requests)
+            self._lock = asyncio.Lock()
+        else:
+            self._iter = iter(requests)
+
+    async def next(self) -> Any:
+        if self._iter is not None:
+            return next(self._iter, _END)
+        async with self._lock:
+            if self._aiter is None:
+                return _END
+            try:
+                return await anext(self._aiter)
+            except StopAsyncIteration:
+                self._aiter = None
+                return _END

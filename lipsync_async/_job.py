@@ -39,7 +39,7 @@ from ._models import JobState, JobStatus
 if TYPE_CHECKING:
     from ._tracker import Tracker
 
-__all__ = ["Job", "iter_completed", "pack_state"]
+__all__ = ["Job", "close_all", "iter_completed", "pack_state"]
 
 log = logging.getLogger("lipsync_async")
 
@@ -330,6 +330,22 @@ class Job:
         if phase == _CANCELLED:
             return asyncio.CancelledError(f"job {self._id} tracking was cancelled")
         return asyncio.InvalidStateError(f"job {self._id} is not done")
+
+
+def close_all(jobs: Iterable[Job]) -> None:
+    """End every pending job of ``jobs`` as closed: what ``Tracker.close`` does to each.
+
+    One loop over the jobs' slots rather than a method call or two per job: a job nobody awaits
+    (most of a million pending) costs two attribute stores, so ``close()`` stays well under a
+    second at a million jobs. A job with awaiters or callbacks ends as ``_close`` ends it.
+    """
+    for job in jobs:
+        job._slot = None
+        if job._phase == _PENDING:
+            if job._callbacks is None:
+                job._phase = _CLOSED
+            else:
+                job._end(_CLOSED)
 
 
 async def iter_completed(

@@ -1,9 +1,10 @@
 """``lipsync-async batch``: a JSONL file of requests in, a JSONL file of results out.
 
 Each input line is one request, ``{"endpoint": "image", "image": ..., "audio": ..., ...}``
-(the submit flags' names, ``extra`` as an object). ``--concurrency`` workers each take a line,
-submit it, wait for the job and append its result to ``--out`` (flushed per line), so a crash or
-Ctrl-C keeps every finished line.
+(the submit flags' names, ``extra`` as an object). Lines are submitted in file order through
+``client.submit_many``, at most ``--concurrency`` jobs in flight at once; each finished job's
+result is appended to ``--out`` (flushed per line), so a crash or Ctrl-C keeps every finished
+line.
 
 Two files make it resumable without ever paying twice, both keyed by the *request*, not the
 line number: each record carries ``digest``, a hash of the line's endpoint, ``formState`` and
@@ -42,7 +43,8 @@ import json
 import signal
 import sys
 import time
-from collections.abc import Iterator
+from collections import deque
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import IO, Any
 
@@ -567,19 +569,7 @@ async def _run(
 
             if batch.work:
                 async with open_client(opts, local_files=files) as client:
-                    items = iter(batch.work)
-                    workers = [
-                        asyncio.create_task(
-                            _worker(client, batch, items, results, journal, advance)
-                        )
-                        for _ in range(min(concurrency, len(batch.work)))
-                    ]
-                    try:
-                        await asyncio.gather(*workers)
-                    finally:
-                        for w in workers:
-                            w.cancel()
-                        await asyncio.gather(*workers, return_exceptions=True)
+                    await _drive(client, batch, concurrency, results, journal, advance)
             if not live:  # the last frame, as a log line
                 plain.update(batch, started, force=True)
     except asyncio.CancelledError:
@@ -626,20 +616,26 @@ def _fields(batch: _Batch, total: int, started: float) -> dict[str, Any]:
     }
 
 
-async def _worker(
+async def _drive(
     client: LipsyncClient,
     batch: _Batch,
-    items: Iterator[_Item],
+    concurrency: int,
     results: IO[str],
     journal: IO[str],
     advance: Any,
 ) -> None:
-    for item in items:
-        if batch.stop.is_set():
-            return
-        if item.job_id is None and not batch.within_budget(item):
-            continue
-        record = await _one(client, batch, item, journal)
+    """Every line of ``batch.work``, in file order, at most ``concurrency`` jobs at once.
+
+    Submits go through ``client.submit_many`` (a fixed pool of senders; its outcomes come back
+    in the order sent, so each is matched to its line by position); each job is then waited
+    for (and downloaded) in a task of its own, at most ``concurrency`` of them.
+    """
+    slots = asyncio.Semaphore(concurrency)
+    sent: deque[_Item] = deque()
+    waiting: set[asyncio.Task[None]] = set()
+
+    def finish(item: _Item, record: dict[str, Any] | None) -> None:
+        slots.release()
         if record is None:  # interrupted while waiting: the journal lets a rerun attach
             return
         record = {"line": record.pop("line"), "digest": item.digest, **record}
@@ -647,26 +643,75 @@ async def _worker(
         _write(results, record)
         advance()
 
-
-async def _one(
-    client: LipsyncClient, batch: _Batch, item: _Item, journal: IO[str]
-) -> dict[str, Any] | None:
-    """Submit (or attach), wait, download: the line's result, or None if stopped meanwhile."""
-    job: Job
-    if item.job_id is not None:
-        job = client.job(item.job_id)
-    else:
-        # Not raced against Ctrl-C: a submit cut off halfway could create a job nobody records.
+    async def wait_for(item: _Item, job: Job) -> None:
+        record = None
         try:
-            job = await client.submit(item.request)
-        except SubmissionUncertainError as exc:
-            settled = await _settle(batch, exc)
-            if settled is None:
-                return {"line": item.line, "id": None, "status": "uncertain", "error": str(exc)}
-            job = settled
-        except LipsyncError as exc:
-            return {"line": item.line, "id": None, "status": "error", "error": str(exc)}
-        _write(journal, {"line": item.line, "digest": item.digest, "id": job.id})
+            record = await _finish(client, batch, item, job)
+        finally:
+            finish(item, record)
+
+    async def settle_then_wait(item: _Item, exc: SubmissionUncertainError) -> None:
+        # With a receiver, the delivery can prove the job exists: then it is this line's job.
+        record: dict[str, Any] | None = None
+        try:
+            job = await _settle(batch, exc)
+            if job is None:
+                record = {"line": item.line, "id": None, "status": "uncertain", "error": str(exc)}
+            else:
+                _write(journal, {"line": item.line, "digest": item.digest, "id": job.id})
+                record = await _finish(client, batch, item, job)
+        finally:
+            finish(item, record)
+
+    def start(item: _Item, job: Job) -> None:
+        task = asyncio.create_task(wait_for(item, job))
+        waiting.add(task)
+        task.add_done_callback(waiting.discard)
+
+    def start_settling(item: _Item, exc: SubmissionUncertainError) -> None:
+        task = asyncio.create_task(settle_then_wait(item, exc))
+        waiting.add(task)
+        task.add_done_callback(waiting.discard)
+
+    async def to_submit() -> AsyncIterator[Request]:
+        for item in batch.work:
+            await slots.acquire()
+            if batch.stop.is_set():
+                slots.release()
+                return
+            if item.job_id is not None:
+                start(item, client.job(item.job_id))
+            elif not batch.within_budget(item):
+                slots.release()
+            else:
+                sent.append(item)
+                yield item.request
+
+    try:
+        # Not raced against Ctrl-C: a submit cut off halfway could create a job nobody records.
+        async for outcome in client.submit_many(to_submit(), concurrency=min(concurrency, 64)):
+            item = sent.popleft()
+            if isinstance(outcome, Job):
+                _write(journal, {"line": item.line, "digest": item.digest, "id": outcome.id})
+                start(item, outcome)
+            elif isinstance(outcome, SubmissionUncertainError):
+                start_settling(item, outcome)
+            else:
+                finish(
+                    item, {"line": item.line, "id": None, "status": "error", "error": str(outcome)}
+                )
+        while waiting:
+            await asyncio.gather(*waiting)
+    finally:
+        for task in waiting:
+            task.cancel()
+        await asyncio.gather(*waiting, return_exceptions=True)
+
+
+async def _finish(
+    client: LipsyncClient, batch: _Batch, item: _Item, job: Job
+) -> dict[str, Any] | None:
+    """Wait, download: the line's result, or None if stopped meanwhile."""
     waiter = asyncio.ensure_future(_outcome(job))
     stopper = asyncio.ensure_future(batch.stop.wait())
     try:

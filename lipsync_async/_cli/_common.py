@@ -10,7 +10,6 @@ prints, on top of the SDK's promise never to show it.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import errno
 import functools
@@ -22,13 +21,12 @@ import sys
 import traceback
 from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
 from pathlib import Path
-from typing import Any, Final, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Any, Final, NoReturn, TypeVar
 
 import attrs
 import click
 from yarl import URL
 
-from .._client import DEFAULT_BASE_URL, LipsyncClient
 from .._errors import (
     APIConnectionError,
     JobFailed,
@@ -45,8 +43,12 @@ from .._models import (
     LipsyncVideoRequest,
     Request,
 )
-from .._webhook import WebhookReceiver
-from .._wire import state_to_wire
+
+if TYPE_CHECKING:
+    from .._client import LipsyncClient
+
+# aiohttp (through the client, the receiver) and cattrs (the converter) are imported by the
+# commands that use them, not here: `--help` and `cost` start without them (issue 18).
 
 __all__ = [
     "EXIT_API",
@@ -244,6 +246,9 @@ async def open_client(
             "a local file needs --public-url (an address where the service can fetch it, "
             "such as a tunnel to --listen-port); or upload it and pass its URL",
         )
+    from .._client import LipsyncClient
+    from .._webhook import WebhookReceiver
+
     receiver = None
     if opts.public_url:
         receiver = WebhookReceiver(
@@ -288,10 +293,14 @@ async def check_host(base_url: str | None) -> None:
     ``--base-url`` means seconds of silent retries before the same error: one lookup first
     tells the two apart. A lookup that times out is left to the transport.
     """
+    from .._client import DEFAULT_BASE_URL
+
     url = URL(base_url) if base_url else URL(DEFAULT_BASE_URL)
     host = url.host
     if not host:
         return  # the client's own validation names the problem
+    import asyncio
+
     try:
         async with asyncio.timeout(_DNS_TIMEOUT):
             await asyncio.get_running_loop().getaddrinfo(
@@ -311,6 +320,8 @@ async def check_host(base_url: str | None) -> None:
 
 def state_json(state: JobState, **more: Any) -> dict[str, Any]:
     """The job's wire JSON (the service's seven keys), plus ``more``."""
+    from .._wire import state_to_wire
+
     return {**state_to_wire(state), **more}
 
 
@@ -450,6 +461,8 @@ def run(opts: ApiOptions, main: Coroutine[Any, Any, int]) -> NoReturn:
     except SystemExit:  # a bad LIPSYNC_LOG_LEVEL: `main` never runs
         main.close()
         raise
+    import asyncio  # here, not at the top: `--help` and `cost` never start a loop
+
     try:
         code = asyncio.run(main)
     except KeyboardInterrupt:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -42,7 +41,7 @@ from ._common import (
     state_json,
 )
 
-__all__ = ["cost", "image", "multi", "status", "video", "wait"]
+__all__ = ["image", "multi", "status", "video", "wait"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 _SECONDS = click.FloatRange(min=0, min_open=True)
@@ -332,39 +331,3 @@ async def _wait_async(
                 else:
                     click.echo(_line(state) + (f" -> {path}" if path else ""))
     return worst
-
-
-# -- cost -------------------------------------------------------------------------------------
-
-
-@click.command()
-@click.option("--resolution", type=click.Choice(RESOLUTIONS), help="[default: 480p]")
-@click.option("--seconds", type=float, help="The audio's length (one speaker).")
-@click.option("--left-seconds", type=float, help="Left audio's length (two speakers).")
-@click.option("--right-seconds", type=float, help="Right audio's length (two speakers).")
-@click.option("--order", type=click.Choice(ORDERS), help="Two speakers. [default: meanwhile]")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON on stdout.")
-def cost(
-    resolution: str | None,
-    seconds: float | None,
-    left_seconds: float | None,
-    right_seconds: float | None,
-    order: str | None,
-    as_json: bool,
-) -> None:
-    """Estimate a job's credits: 2/s at 480p, 4/s at 720p, 5 s minimum."""
-    try:
-        credits = estimate_credits(
-            resolution,
-            seconds,
-            left_seconds=left_seconds,
-            right_seconds=right_seconds,
-            order=order,
-        )
-    except ValidationError as exc:
-        fail(cli_words(exc), EXIT_USAGE)
-    if as_json:
-        echo_json({"credits": credits, "resolution": resolution or "480p"})
-    else:
-        click.echo(f"{credits:g} credits at {resolution or '480p'}")
-    sys.exit(EXIT_OK)
