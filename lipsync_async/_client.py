@@ -8,6 +8,7 @@ receiver's deliveries. Nothing below this module imports it.
 from __future__ import annotations
 
 import asyncio
+import copy
 import functools
 import logging
 import os
@@ -63,6 +64,12 @@ DEFAULT_BASE_URL: Final = "https://lipsync.studio/api/v1"
 _MAX_NUMBER: Final = 1e15  # seconds (31 million years), requests/s or bytes: finite and sane
 
 
+def _retries(value: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValidationError("max_retries", f"must be an integer >= 0, got {value!r}")
+    return value
+
+
 def _positive(name: str, value: float, *, allow_zero: bool = False) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float) or value != value:
         raise ValidationError(name, f"must be a number, got {value!r:.40}")
@@ -82,6 +89,18 @@ def _output_of(state: JobState) -> str:
             "target", f"job {state.id} has no output URL (status {state.status}){kept}"
         )
     return check_url("target", state.output)
+
+
+class _Life:
+    """A client's lifecycle, shared by the client and its ``with_options`` views."""
+
+    __slots__ = ("closing", "drained", "loop", "submits")
+
+    def __init__(self) -> None:
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.closing = False
+        self.submits = 0  # submit() calls in progress: close() lets them finish first
+        self.drained: asyncio.Future[None] | None = None
 
 
 class LipsyncClient:
@@ -153,8 +172,7 @@ class LipsyncClient:
             raise ValidationError("api_key", "must not contain whitespace")
         base = base_url or os.environ.get("LIPSYNC_BASE_URL") or DEFAULT_BASE_URL
         check_url("base_url", base)
-        if isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0:
-            raise ValidationError("max_retries", f"must be an integer >= 0, got {max_retries!r}")
+        _retries(max_retries)
         if (
             isinstance(max_in_flight, bool)
             or not isinstance(max_in_flight, int)
@@ -212,22 +230,23 @@ class LipsyncClient:
         self._store_link = None if store is None else StoreLink(store, self._tracker, vet=vet)
         if store is not None and webhook is not None:
             webhook._use_store(store)
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._closing = False
-        self._submits = 0  # submit() calls in progress: close() lets them finish first
-        self._drained: asyncio.Future[None] | None = None
+        # Shared with the views `with_options` makes: one lifecycle for all of them.
+        self._life = _Life()
+        self._view = False
 
     def __repr__(self) -> str:
-        state = "open" if self._loop is not None and not self._closing else "closed"
+        state = "open" if self._life.loop is not None and not self._life.closing else "closed"
         return f"<LipsyncClient {str(self._base_url)!r} {state} pending={self._tracker.pending}>"
 
     # -- lifecycle ---------------------------------------------------------------------------
 
     async def __aenter__(self) -> Self:
-        if self._loop is not None:
+        if self._view:
+            raise RuntimeError("a with_options view shares its client's lifecycle: open that")
+        if self._life.loop is not None:
             raise RuntimeError("this LipsyncClient is already open")
-        self._loop = asyncio.get_running_loop()
-        self._closing = False
+        self._life.loop = asyncio.get_running_loop()
+        self._life.closing = False
         await self._transport.open()
         self._tracker.start()
         if self._store_link is not None:
@@ -259,27 +278,27 @@ class LipsyncClient:
         pending end with :class:`ClientClosedError` for whoever awaits them (they keep running
         at the service: attach again with :meth:`job`), and the session is closed.
         """
-        if self._loop is None or self._closing:
+        if self._view or self._life.loop is None or self._life.closing:
             return
-        self._closing = True
+        self._life.closing = True
         # Each step in its own `finally`: a close cancelled halfway (a second Ctrl-C, an outer
         # timeout) still ends every wait and closes the session.
         try:
             self._transport.refuse_submits()
-            if self._submits:
-                self._drained = self._loop.create_future()
+            if self._life.submits:
+                self._life.drained = self._life.loop.create_future()
                 try:
                     async with asyncio.timeout(self._close_timeout):
-                        await self._drained
+                        await self._life.drained
                 except TimeoutError:
                     log.warning(
                         "closing: %d submit(s) still unanswered after %s s; they end as "
                         "SubmissionUncertainError",
-                        self._submits,
+                        self._life.submits,
                         self._close_timeout,
                     )
         finally:
-            self._drained = None
+            self._life.drained = None
             await self._close_rest()
 
     async def _close_rest(self) -> None:
@@ -298,12 +317,12 @@ class LipsyncClient:
                         await self._store_link.close()  # buffered final states first
                 finally:
                     await self._transport.close()
-                    self._loop = None
+                    self._life.loop = None
 
     def _check_open(self) -> None:
-        if self._loop is None or self._closing:
+        if self._life.loop is None or self._life.closing:
             raise RuntimeError("the client is not open: use `async with LipsyncClient(...)`")
-        if asyncio.get_running_loop() is not self._loop:
+        if asyncio.get_running_loop() is not self._life.loop:
             raise RuntimeError(
                 "this LipsyncClient belongs to another event loop; create one per loop"
             )
@@ -350,16 +369,16 @@ class LipsyncClient:
         and ``Job.request`` (or ``SubmissionUncertainError.request``) is the request as sent,
         with those URLs in place of the paths.
         """
-        if self._closing and self._loop is not None:
+        if self._life.closing and self._life.loop is not None:
             raise ClientClosedError(None)
         self._check_open()
-        self._submits += 1
+        self._life.submits += 1
         try:
             return await self._submit(request)
         finally:
-            self._submits -= 1
-            drained = self._drained
-            if not self._submits and drained is not None and not drained.done():
+            self._life.submits -= 1
+            drained = self._life.drained
+            if not self._life.submits and drained is not None and not drained.done():
                 drained.set_result(None)
 
     async def _submit(self, request: Request) -> Job:
@@ -416,7 +435,7 @@ class LipsyncClient:
         has come already. An id the API does not know then ends it with ``NotFoundError``.
         """
         receiver = self._receiver
-        if receiver is None or self._loop is None or self._closing:
+        if receiver is None or self._life.loop is None or self._life.closing:
             raise LipsyncError(
                 "cannot settle this uncertain submit: its client is closed (its receiver no "
                 "longer listens for the token)"
@@ -428,7 +447,7 @@ class LipsyncClient:
         except StoreError as exc:
             raise LipsyncError(f"cannot settle this uncertain submit now: {exc}") from exc
         if job_id is None:
-            if self._closing or self._loop is None:
+            if self._life.closing or self._life.loop is None:
                 raise LipsyncError("cannot settle this uncertain submit: the client closed")
             return None
         receiver._tokens.forget(token)
@@ -543,7 +562,7 @@ class LipsyncClient:
                         outcome = ValidationError(
                             "requests", f"item {index} is not a request model: {request!r:.60}"
                         )
-                    elif self._closing or self._loop is None:  # close() began or ended
+                    elif self._life.closing or self._life.loop is None:  # close() began or ended
                         outcome = ClientClosedError(None)
                     else:
                         try:
@@ -663,6 +682,36 @@ class LipsyncClient:
             )
         )
 
+    def with_options(
+        self, *, timeout: float | None = None, max_retries: int | None = None
+    ) -> LipsyncClient:
+        """A view of this client with other per-call settings, for the calls made through it.
+
+        The view shares this client's session, tracker, receiver, store, bounds, pacing and
+        lifecycle (it is open while the client is; closing the client ends it; ``async with``
+        and ``close()`` belong to the client): only ``timeout`` (seconds per API attempt) and
+        ``max_retries`` differ, for its submits, status reads and downloads. Cheap: make one
+        per call site, e.g. ``await client.with_options(timeout=5).get_job(job_id)``.
+        """
+        view = copy.copy(self)
+        view._view = True
+        view._transport = self._transport.with_options(
+            timeout=None if timeout is None else _positive("timeout", timeout),
+            max_retries=_retries(max_retries) if max_retries is not None else None,
+        )
+        return view
+
+    async def run(self, request: Request, *, timeout: float | None = None) -> JobState:
+        """Submit ``request`` and wait for its outcome: the completed ``JobState``.
+
+        One call where a script wants one result: ``JobFailed`` if the job failed,
+        ``JobTimeoutError`` after ``timeout`` seconds (the job stays tracked: ``exc.job_id``),
+        and every error ``submit`` raises (``SubmissionUncertainError``: nothing is sent twice).
+        For many jobs, submit them all first (``submit_many``, ``gather``) and then wait.
+        """
+        job = await self.submit(request)
+        return await job.wait(timeout)
+
     # -- jobs --------------------------------------------------------------------------------
 
     async def pending(self) -> list[Job]:
@@ -692,7 +741,7 @@ class LipsyncClient:
         """One status read. A tracked job with that id takes the state too."""
         check_job_id(job_id)
         self._check_open()
-        state = await self._tracker.fetch(job_id)
+        state = await self._tracker.fetch(job_id, self._transport)
         self._tracker.deliver(state)
         return state
 

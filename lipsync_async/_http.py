@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import email.utils
 import ipaddress
 import json
@@ -307,6 +308,7 @@ class Transport:
         self._secrets: list[tuple[bytes, bytes]] = []
         if api_key:
             self._secrets.append((api_key.encode(), b"sk_***"))
+        self._root = self  # a with_options view counts and closes with the transport it copies
         self.requests_sent = 0  # counters for benchmarks and logs
         self.retries = 0
         self.rate_limited = 0
@@ -350,9 +352,10 @@ class Transport:
 
     @property
     def session(self) -> aiohttp.ClientSession:
-        if self._session is None or self._session.closed:
+        session = self._root._session
+        if session is None or session.closed:
             raise RuntimeError("the client is not open: use `async with LipsyncClient(...)`")
-        return self._session
+        return session
 
     # -- pacing ------------------------------------------------------------------------------
 
@@ -399,12 +402,12 @@ class Transport:
                 # Paced inside the in-flight bound: a request admitted before a 429 arrived
                 # must still honour the pause it set, not go out with the next wave.
                 await self._pacer.wait()
-                if self._closing and is_submit:
+                if self._root._closing and is_submit:
                     # close() began while this submit waited its turn: it was never sent.
                     raise ClientClosedError(None)
                 if session.closed:  # the client closed while this request waited its turn
                     raise APIConnectionError(f"{method} {self._path(url)}: the client was closed")
-                self.requests_sent += 1
+                self._root.requests_sent += 1
                 try:
                     # No redirects: a submit's body carries the receiver's secret and the
                     # served files' URLs, which aiohttp would re-send to any origin a 307 names.
@@ -456,7 +459,7 @@ class Transport:
                         headers=_answer_headers(answer_headers, self._secrets),
                     )
                     if status == 429:
-                        self.rate_limited += 1
+                        self._root.rate_limited += 1
                         self.pause(
                             retry_after if retry_after is not None else self.retry.delay(attempt)
                         )
@@ -478,7 +481,7 @@ class Transport:
                 raise error
             delay = self.retry.delay(attempt, retry_after)
             attempt += 1
-            self.retries += 1
+            self._root.retries += 1
             log.debug("retrying %s %s in %.2f s after %s", method, self._path(url), delay, error)
             await asyncio.sleep(delay)
 
@@ -486,6 +489,24 @@ class Transport:
     def closing(self) -> bool:
         """True once :meth:`refuse_submits` was called."""
         return self._closing
+
+    def with_options(
+        self, *, timeout: float | None = None, max_retries: int | None = None
+    ) -> Transport:
+        """A view sharing this transport's session, bounds, pacing, redaction and counters,
+        with its own per-attempt ``timeout`` and ``max_retries``."""
+        view = copy.copy(self)
+        view._root = self._root
+        if timeout is not None:
+            view._timeout = aiohttp.ClientTimeout(
+                total=timeout, sock_connect=self._timeout.sock_connect
+            )
+            view._stream_timeout = aiohttp.ClientTimeout(
+                total=None, sock_connect=self._timeout.sock_connect, sock_read=timeout
+            )
+        if max_retries is not None:
+            view.retry = RetryPolicy(max_retries, self.retry.base, self.retry.cap)
+        return view
 
     def refuse_submits(self) -> None:
         """From now on, submits not yet sent raise ``ClientClosedError`` (``close()`` began)."""

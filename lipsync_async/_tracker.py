@@ -427,9 +427,11 @@ class Tracker:
 
     # -- polling -----------------------------------------------------------------------------
 
-    async def fetch(self, job_id: str) -> JobState:
-        """One status read (retried by the transport on transient errors)."""
-        status, raw = await self._transport.read(job_path(job_id), job_id=job_id)
+    async def fetch(self, job_id: str, transport: Transport | None = None) -> JobState:
+        """One status read (retried by the transport on transient errors); ``transport``: a
+        ``with_options`` view's, for a read made through it."""
+        via = self._transport if transport is None else transport
+        status, raw = await via.read(job_path(job_id), job_id=job_id)
         self.reads += 1
         state = parse_job_state(loads_object(raw, status, job_id=job_id), status=status, raw=raw)
         if state.id != job_id:
