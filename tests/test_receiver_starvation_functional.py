@@ -112,7 +112,7 @@ async def test_connection_flood_under_fd_limit_starves_only_the_receiver() -> No
                 ]
                 proc.stdin.write(b"go\n")
                 await proc.stdin.drain()
-                async with asyncio.timeout(20):
+                async with asyncio.timeout(45):
                     await asyncio.gather(*holders, *slow)
                 done: dict[str, Any] = json.loads(
                     await asyncio.wait_for(proc.stdout.readline(), 60)
