@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Callable, Generator, Iterable
+from collections.abc import AsyncGenerator, Callable, Generator, Iterable
 from operator import attrgetter
 from typing import TYPE_CHECKING, Any, Final
 
@@ -350,7 +350,7 @@ def close_all(jobs: Iterable[Job]) -> None:
 
 async def iter_completed(
     jobs: Iterable[Job], *, timeout: float | None = None
-) -> AsyncIterator[Job]:
+) -> AsyncGenerator[Job, None]:
     """Yield each job as it ends, first ended first (``LipsyncClient.as_completed``).
 
     One shared callback for all the jobs, removed from every job when the iteration stops,
