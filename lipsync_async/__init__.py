@@ -89,32 +89,16 @@ else:
     # command line's ``--help`` and ``cost``, which live in this package) does not pay for
     # aiohttp, cattrs and asyncio until something needs them (issue 18). ``from lipsync_async
     # import LipsyncClient`` works as before: the import system calls ``__getattr__``.
+    from . import _errors
+
     _WHERE = {
         "ASGIApp": "._asgi",
         "LipsyncClient": "._client",
         "estimate_credits": "._cost",
         "Job": "._job",
         "WebhookReceiver": "._webhook",
-        **dict.fromkeys(
-            (
-                "APIConnectionError",
-                "APIError",
-                "APITimeoutError",
-                "AuthenticationError",
-                "BadRequestError",
-                "ClientClosedError",
-                "InsufficientCreditsError",
-                "JobFailed",
-                "JobTimeoutError",
-                "LipsyncError",
-                "NotFoundError",
-                "RateLimitError",
-                "ServerError",
-                "SubmissionUncertainError",
-                "ValidationError",
-            ),
-            "._errors",
-        ),
+        # Every public error, from the error module's own list (it imports nothing heavy).
+        **dict.fromkeys((n for n in _errors.__all__ if n != "excerpt"), "._errors"),
         **dict.fromkeys(
             (
                 "JobState",
