@@ -10,9 +10,24 @@ socket): a paused listener leaves the excess in the kernel's backlog, where the 
 delivery waits behind the flood and times out anyway, and resuming needs a timer; an immediate
 close costs one ``accept``/``close`` pair and frees the descriptor in the same loop iteration.
 
+**A listen queue that holds a burst.** The gate only sees what the loop accepts, and a loop busy
+with other work accepts nothing for a while; meanwhile the kernel completes handshakes into the
+listening socket's queue. When that queue is full, Linux drops the sender's SYN (retried 1 s,
+then 3 s later) and, once SYN cookies take over, drops the handshake's last ACK: the sender's
+``connect`` has returned, but the receiver has no socket for it, so nothing here can close it
+(an idle sender holds it open forever; its first byte or keep-alive probe gets an RST, or, for
+a real sender with a fresh cookie, forms the connection then). So the listening socket's queue
+is 4,096 (the kernel lowers it to ``net.core.somaxconn``, 4,096 by default since Linux 5.4; Go
+uses somaxconn too): queued connections cost kernel memory, no descriptors, and a flood's
+burst waits there for the gate, which closes those over the cap at once. Asyncio's own batch
+is separate and stays 128: ``create_server(backlog=)`` is also how many sockets it accepts per
+wake-up, all holding descriptors before any reaches the gate, so :class:`GatedSite` creates the
+server with the batch and then raises the queue with a second ``listen`` on the same socket.
+A burst beyond the queue is the kernel's, as above: dropped handshakes hold nothing of ours.
+
 **A reserve of file descriptors for the client.** The cap is derived from the process's soft
-``RLIMIT_NOFILE``: ``soft - open now - reserve_fds - backlog`` (the backlog because asyncio
-accepts up to ``backlog`` sockets in one go before any of them reaches the gate), so however
+``RLIMIT_NOFILE``: ``soft - open now - reserve_fds - accept batch`` (the batch because asyncio
+accepts up to that many sockets in one go before any of them reaches the gate), so however
 many connections arrive, ``reserve_fds`` descriptors (256 by default) stay free for the
 client's own requests: submits and status reads keep working, and only the receiver suffers
 (deliveries it refuses are retried by the service, and lost ones fall back to polling after
@@ -62,12 +77,12 @@ def open_fds() -> int:
     return 64
 
 
-def derive_cap(reserve_fds: int, backlog: int) -> int:
+def derive_cap(reserve_fds: int, accept_batch: int) -> int:
     """The connection cap that leaves ``reserve_fds`` descriptors free (see the docstring)."""
     soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft == resource.RLIM_INFINITY or soft <= 0:
         return _MAX_CAP
-    return max(_MIN_CAP, min(_MAX_CAP, soft - open_fds() - reserve_fds - backlog))
+    return max(_MIN_CAP, min(_MAX_CAP, soft - open_fds() - reserve_fds - accept_batch))
 
 
 class Summary:
@@ -195,7 +210,8 @@ class ConnectionGate:
 
 
 class GatedSite(web.TCPSite):
-    """``TCPSite`` serving through a :class:`ConnectionGate`."""
+    """``TCPSite`` serving through a :class:`ConnectionGate`, with a listen queue deeper than
+    asyncio's accept batch (see the module docstring)."""
 
     def __init__(
         self,
@@ -205,11 +221,13 @@ class GatedSite(web.TCPSite):
         *,
         gate_cap: int,
         summary: Summary,
-        backlog: int,
+        accept_batch: int,
+        listen_queue: int,
     ) -> None:
-        super().__init__(runner, host, port, backlog=backlog)
+        super().__init__(runner, host, port, backlog=accept_batch)
         self._gate_cap = gate_cap
         self._summary = summary
+        self._listen_queue = listen_queue
         self.gate: ConnectionGate | None = None
 
     async def start(self) -> None:
@@ -222,6 +240,11 @@ class GatedSite(web.TCPSite):
         self._server = await loop.create_server(
             self.gate, self._host, self._port, backlog=self._backlog, reuse_address=True
         )
+        # asyncio has listened with its batch size; a second listen() on the same socket (a
+        # dup shares it) deepens the kernel's queue and leaves asyncio's batch as it is.
+        for listening in self._server.sockets:
+            with listening.dup() as sock:
+                sock.listen(self._listen_queue)
 
 
 async def probe(url: URL, expect: str, timeout: float) -> str | None:

@@ -30,7 +30,8 @@ Limits (the receiver is reachable by anyone; SPEC 3.5), when it runs its own ser
   this gets 503, which the service retries.
 - ``max_connections``: concurrent connections over it are closed as soon as accepted; by
   default derived from ``RLIMIT_NOFILE`` so that ``reserve_fds`` descriptors stay free for the
-  client's own requests (see ``_limits``, which also says why close-at-accept).
+  client's own requests (see ``_limits``, which also says why close-at-accept, and why the
+  kernel's listen queue is 4,096 while asyncio accepts 128 at a time).
 - aiohttp's error log for malformed requests, and connections refused at the cap, become one
   WARNING a minute at most, with counts (``_limits.Summary``).
 
@@ -83,7 +84,8 @@ _SECRET_RE: Final = re.compile(r"^[A-Za-z0-9_-]{16,128}$")
 _OK: Final = b'{"received":true}'
 _VERIFY_TIMEOUT: Final = 10.0
 _VERIFY_PERIOD: Final = 600.0  # a sink without a webhook_grace: the client's default grace
-_BACKLOG: Final = 128  # listen backlog; also what the fd reserve allows for a batch of accepts
+_ACCEPT_BATCH: Final = 128  # asyncio's accepts per wake-up, which the fd reserve must allow
+_LISTEN_QUEUE: Final = 4096  # the kernel's listen queue (capped by somaxconn): see _limits
 _PING_TIMEOUT: Final = 5.0
 _PING_TAG: Final = b"lipsync-ping:"
 
@@ -148,7 +150,7 @@ class WebhookReceiver:
         handler_timeout: seconds a delivery's processing may take before it gets 503.
         max_connections: concurrent connections of the receiver's own server; more are closed
             at once. ``None``: the process's ``RLIMIT_NOFILE`` soft limit minus what is open at
-            start, ``reserve_fds`` and the listen backlog (at least 16, at most 10,000).
+            start, ``reserve_fds`` and asyncio's accept batch of 128 (at least 16, at most 10,000).
         reserve_fds: file descriptors the derived cap leaves for the rest of the process (the
             client's own connections, files, the store).
         check_reachable: on start, call the receiver once through its public URL; if that
@@ -423,7 +425,7 @@ class WebhookReceiver:
             logger=ServerLog(self._summary, self._secret_str),
         )
         await runner.setup()
-        cap = self._max_connections or derive_cap(self.reserve_fds, _BACKLOG)
+        cap = self._max_connections or derive_cap(self.reserve_fds, _ACCEPT_BATCH)
         try:
             site = GatedSite(
                 runner,
@@ -431,7 +433,8 @@ class WebhookReceiver:
                 self._port,
                 gate_cap=cap,
                 summary=self._summary,
-                backlog=_BACKLOG,
+                accept_batch=_ACCEPT_BATCH,
+                listen_queue=_LISTEN_QUEUE,
             )
             await site.start()
         except BaseException:

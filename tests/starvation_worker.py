@@ -30,8 +30,8 @@ def emit(event: str, **fields: Any) -> None:
 
 def _untraced() -> None:
     """Stop coverage's tracer in this process, if the suite's run started one: traced, the
-    receiver accepts 2,000 connections several times slower, and the kernel's backlog
-    overflows into SYN retries the test would count against the receiver's timeouts."""
+    receiver accepts 2,000 connections several times slower, and the time they wait in the
+    listen queue counts against the receiver's idle timeout in the test."""
     try:
         import coverage
     except ImportError:

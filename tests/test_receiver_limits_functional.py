@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import selectors
+import socket
+import sys
 import time
 from pathlib import Path
 
@@ -14,6 +17,7 @@ import pytest
 from lipsync_async import APIError, LipsyncClient, WebhookReceiver
 from lipsync_async.testing import FakeLipsyncServer
 
+from ._waiting import somaxconn, until
 from .conftest import AUDIO, IMAGE, ClientFactory
 
 
@@ -97,8 +101,59 @@ async def test_connections_over_the_cap_are_closed_at_once_and_deliveries_resume
                 assert resp.status == 503  # reached the handler: nobody listens, retry later
 
 
+def _connect_burst(port: int, count: int, wait: float) -> tuple[list[socket.socket], int]:
+    """Start ``count`` connects to ``port`` and count the handshakes completed within ``wait``.
+
+    Synchronous on purpose: called from a coroutine, it keeps the event loop (and so the
+    receiver) from accepting anything meanwhile, as a loop busy with other work would.
+    """
+    socks: list[socket.socket] = []
+    with selectors.DefaultSelector() as sel:
+        for _ in range(count):
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            socks.append(sock)
+            sock.setblocking(False)
+            sock.connect_ex(("127.0.0.1", port))
+            sel.register(sock, selectors.EVENT_WRITE)  # writable: the handshake is done
+        connected = 0
+        deadline = time.monotonic() + wait
+        while connected < count and (left := deadline - time.monotonic()) > 0:
+            for key, _ in sel.select(left):
+                sel.unregister(key.fileobj)
+                connected += 1
+    return socks, connected
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="listen queues differ on Windows")
+async def test_burst_while_the_loop_is_busy_waits_in_the_listen_queue() -> None:
+    """A burst of connections bigger than asyncio's accept batch (128), arriving while the
+    receiver's loop is busy, is held by the kernel's listen queue (every handshake completes)
+    and reaches the gate once the loop is back, where those over the cap are closed. With a
+    128 backlog the kernel dropped the rest: SYNs retried a second later, or, under SYN
+    cookies, handshakes only the sender believed complete, never seen by the receiver."""
+    import resource  # POSIX only, as in test_default_cap_leaves_the_fd_reserve
+
+    burst, cap = 300, 16
+    if (queue := somaxconn()) is not None and queue < burst:
+        pytest.skip(f"net.core.somaxconn is {queue}: listen queues hold fewer than {burst}")
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < 2 * burst + 256:
+        pytest.skip(f"needs {2 * burst + 256} file descriptors, the soft limit is {soft}")
+    async with WebhookReceiver(max_connections=cap, check_reachable=False) as receiver:
+        assert receiver.port is not None
+        socks, connected = _connect_burst(receiver.port, burst, wait=0.5)
+        try:
+            assert connected == burst
+            await until(lambda: receiver.refused + receiver.connections >= burst, what="gate")
+            assert receiver.connections == cap
+            assert receiver.refused == burst - cap
+        finally:
+            for sock in socks:
+                sock.close()
+
+
 def test_default_cap_leaves_the_fd_reserve() -> None:
-    """The derived cap plus the reserve and the backlog fit under RLIMIT_NOFILE."""
+    """The derived cap plus the reserve and the accept batch fit under RLIMIT_NOFILE."""
     import resource
 
     soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
