@@ -313,9 +313,10 @@ class _Otel(Telemetry):
         state = job.state
         outcome = state.status.value if state is not None else "unknown"
         self._end(job.id, outcome, via)
-        loop = job._tracker.loop
-        # Scheduled now, run after the awaiters the job just woke (they were readied first).
-        loop.call_soon(self._woken, loop, since, via)
+        if via in (VIA_DELIVERY, VIA_WORKER):  # a delivery, here or through the store
+            loop = job._tracker.loop
+            # Scheduled now, run after the awaiters the job just woke (they were readied first).
+            loop.call_soon(self._woken, loop, since, via)
 
     def _woken(self, loop: Any, since: float, via: str) -> None:
         self._wake.record(loop.time() - since, {"lipsync.job.resolved_by": via})
