@@ -15,6 +15,12 @@ every queued request each time a connection frees up, so with thousands of corou
 8 minutes (and cancelling a queued fan-out costs as much again). That is the finding; running
 it at every N would only make the benchmark slow.
 
+OpenTelemetry (issue 17), three rows of the same ``gather`` fan-out in the same run: ``SDK``
+without the extra (its modules hidden, as in a process that never installed it), ``SDK otel, no
+provider`` (the API imported, nothing configured: the no-op telemetry), and ``SDK otel
+provider`` (the real SDK's tracer provider with a batch span processor feeding an exporter that
+discards, and a meter provider with an in-memory reader): the column "vs SDK" is the ratio.
+
 Every client runs once per round, rounds interleaved (raw, SDK, SDK submit_many, naive, ...),
 and the table shows each client's median round (by jobs/s): 5 rounds at full size, 1 with
 ``--quick``. The machine is shared, so the load average before and after is in the title.
@@ -25,12 +31,13 @@ Usage: ``python benchmarks/bench_fanout.py [--quick] [--sizes 5000,20000] [--rou
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import os
 import statistics
 import sys
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from typing import Any
 
 from _baselines import naive_aiohttp, naive_httpx, raw_pairs
@@ -51,12 +58,82 @@ from _bench import (
 from lipsync_async import Job, LipsyncClient, LipsyncImageRequest
 
 POLL = 0.05
-CLIENTS = ("raw aiohttp", "SDK", "SDK submit_many", "naive aiohttp", "naive httpx")
+OTEL_NONE = "SDK otel, no provider"
+OTEL_ON = "SDK otel provider"
+CLIENTS = (
+    "raw aiohttp",
+    "SDK",
+    OTEL_NONE,
+    OTEL_ON,
+    "SDK submit_many",
+    "naive aiohttp",
+    "naive httpx",
+)
 
 
-async def sdk(base_url: str, api_key: str, n: int, stats: Counter[str]) -> None:
+@contextlib.contextmanager
+def without_otel() -> Iterator[None]:
+    """As in a process without the ``otel`` extra: ``opentelemetry`` cannot be imported."""
+    hidden = {k: v for k, v in sys.modules.items() if k.split(".")[0] == "opentelemetry"}
+    for name in hidden:
+        del sys.modules[name]
+    sys.modules["opentelemetry"] = None  # type: ignore[assignment]  # import raises ImportError
+    try:
+        yield
+    finally:
+        del sys.modules["opentelemetry"]
+        sys.modules.update(hidden)
+
+
+class _Discard:
+    """A span exporter that drops everything: the cost measured is the SDK's, not a network's."""
+
+    def export(self, spans: Sequence[Any]) -> Any:
+        from opentelemetry.sdk.trace.export import SpanExportResult
+
+        return SpanExportResult.SUCCESS
+
+    def shutdown(self) -> None:
+        return
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        return True
+
+
+async def sdk(
+    base_url: str, api_key: str, n: int, stats: Counter[str], otel: str | None = None
+) -> None:
+    kwargs: dict[str, Any] = {}
+    providers: list[Any] = []
+    if otel == OTEL_ON:
+        from opentelemetry.sdk.metrics import MeterProvider
+        from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+        from opentelemetry.sdk.trace import TracerProvider
+        from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+        tracer_provider = TracerProvider()
+        tracer_provider.add_span_processor(BatchSpanProcessor(_Discard()))  # type: ignore[arg-type]
+        meter_provider = MeterProvider(metric_readers=[InMemoryMetricReader()])
+        kwargs = {"tracer_provider": tracer_provider, "meter_provider": meter_provider}
+        providers = [tracer_provider, meter_provider]
+    elif otel == OTEL_NONE:
+        import opentelemetry.trace  # noqa: F401 - installed and imported, nothing configured
+    hidden = without_otel() if otel is None else contextlib.nullcontext()
+    with hidden:
+        await _sdk(base_url, api_key, n, stats, kwargs)
+    for provider in providers:
+        provider.shutdown()
+
+
+async def _sdk(
+    base_url: str, api_key: str, n: int, stats: Counter[str], kwargs: dict[str, Any]
+) -> None:
     async with LipsyncClient(
-        api_key=api_key, base_url=base_url, poll_interval=POLL, max_in_flight=CONCURRENCY
+        api_key=api_key,
+        base_url=base_url,
+        poll_interval=POLL,
+        max_in_flight=CONCURRENCY,
+        **kwargs,
     ) as client:
         jobs = await asyncio.gather(
             *(client.lipsync_image(image=IMAGE, audio=AUDIO) for _ in range(n))
@@ -90,6 +167,8 @@ async def measure(emu: Emulator, name: str, n: int, budget: float) -> dict[str, 
         run = lambda: raw_pairs(emu.base_url, emu.api_key, n, stats)  # noqa: E731
     elif name == "SDK":
         run = lambda: sdk(emu.base_url, emu.api_key, n, stats)  # noqa: E731
+    elif name in (OTEL_NONE, OTEL_ON):
+        run = lambda: sdk(emu.base_url, emu.api_key, n, stats, name)  # noqa: E731
     elif name == "SDK submit_many":
         run = lambda: sdk_many(emu.base_url, emu.api_key, n, stats)  # noqa: E731
     elif name == "naive aiohttp":
@@ -166,10 +245,11 @@ async def main(
     rows = []
     for r in results:
         if r.get("skipped"):
-            rows.append([f"{r['n']:,}", r["client"], "not run (too slow)"] + [""] * 6)
+            rows.append([f"{r['n']:,}", r["client"], "not run (too slow)"] + [""] * 7)
             continue
         base = next(b for b in results if b["n"] == r["n"] and b["client"] == "raw aiohttp")
         naive = next(b for b in results if b["n"] == r["n"] and b["client"] == "naive aiohttp")
+        plain = next(b for b in results if b["n"] == r["n"] and b["client"] == "SDK")
         rows.append(
             [
                 f"{r['n']:,}",
@@ -177,6 +257,7 @@ async def main(
                 fmt(r["jobs_per_s"]) + (f" ({r['done']:,} in budget)" if r["timed_out"] else ""),
                 ratio(r["jobs_per_s"], base["jobs_per_s"]),
                 ratio(r["jobs_per_s"], naive["jobs_per_s"]),
+                ratio(r["jobs_per_s"], plain["jobs_per_s"]),
                 fmt(r["client_cpu_us"]),
                 ratio(r["client_cpu_us"], base["client_cpu_us"]),
                 fmt(r["server_cpu_us"]),
@@ -193,6 +274,7 @@ async def main(
             "jobs/s",
             "vs raw",
             "vs naive",
+            "vs SDK",
             "client CPU us/job",
             "CPU vs raw",
             "server CPU us/job",

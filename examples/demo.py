@@ -9,7 +9,9 @@ duplicated, early and lost webhook deliveries, 503s), then:
 2. fans out the same number by polling only, with one scheduler for every job;
 3. prints what happened (completed, failed, status reads per job, time), and downloads one output.
 
-Options: ``--jobs N`` (per mode, default 150), ``--duration S`` (seconds per job, default 1.0).
+Options: ``--jobs N`` (per mode, default 150), ``--duration S`` (seconds per job, default 1.0),
+``--otel``: record OpenTelemetry spans and metrics in memory (the SDK's own exporters, no
+collector) and print a compact timeline of a few jobs of each mode, then the metrics.
 """
 
 from __future__ import annotations
@@ -80,12 +82,89 @@ async def run_mode(
     return name, completed, failed, reads, elapsed
 
 
+class Recorder:
+    """``--otel``: a tracer and a meter provider with in-memory exporters, and their printout."""
+
+    def __init__(self) -> None:
+        from opentelemetry.sdk.metrics import MeterProvider
+        from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+        from opentelemetry.sdk.trace import TracerProvider
+        from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+        from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+        self.spans = InMemorySpanExporter()
+        self.tracer_provider = TracerProvider()
+        self.tracer_provider.add_span_processor(SimpleSpanProcessor(self.spans))
+        self.reader = InMemoryMetricReader()
+        self.meter_provider = MeterProvider(metric_readers=[self.reader])
+
+    def kwargs(self) -> dict[str, Any]:
+        return {"tracer_provider": self.tracer_provider, "meter_provider": self.meter_provider}
+
+    def timeline(self, per_kind: int = 3) -> None:
+        """Per job (one trace each): each span's start after the submit, its length, its gist."""
+        traces: dict[int, list[Any]] = {}
+        for span in self.spans.get_finished_spans():
+            if span.context is not None:
+                traces.setdefault(span.context.trace_id, []).append(span)
+        shown: dict[str, int] = {}
+        print("\nper-job timelines (OpenTelemetry spans, ms after the submit began):")
+        for spans in traces.values():
+            job = next((s for s in spans if s.name == "lipsync.job"), None)
+            if job is None or job.attributes is None:
+                continue
+            how = str(job.attributes.get("lipsync.job.resolved_by"))
+            if shown.get(how, 0) >= per_kind:
+                continue
+            shown[how] = shown.get(how, 0) + 1
+            t0 = min(s.start_time or 0 for s in spans)
+            print(f"  job {job.attributes.get('lipsync.job.id')} ({how})")
+            for span in sorted(spans, key=lambda s: (s.start_time or 0, s.name != "lipsync.job")):
+                a = span.attributes or {}
+                gist = " ".join(
+                    f"{k.rsplit('.', 1)[-1]}={a[k]}"
+                    for k in (
+                        "lipsync.submit.outcome",
+                        "lipsync.job.status",
+                        "lipsync.delivery.result",
+                        "lipsync.job.outcome",
+                        "http.response.status_code",
+                    )
+                    if k in a
+                )
+                start = ((span.start_time or 0) - t0) / 1e6
+                took = ((span.end_time or 0) - (span.start_time or 0)) / 1e6
+                print(f"    {start:8.1f} ms  {span.name:<26} {took:8.1f} ms  {gist}")
+
+    def metrics(self) -> None:
+        data = self.reader.get_metrics_data()
+        if data is None:
+            return
+        print("\nmetrics:")
+        for resource in data.resource_metrics:
+            for scope in resource.scope_metrics:
+                for metric in scope.metrics:
+                    for point in metric.data.data_points:
+                        value = getattr(point, "value", None)
+                        if value is None:  # a histogram: count and mean
+                            count, total = getattr(point, "count", 0), getattr(point, "sum", 0)
+                            value = f"count={count} mean={total / max(count, 1):.3f}"
+                        labels = ",".join(
+                            k.rsplit(".", 1)[-1] + "=" + str(v)
+                            for k, v in (point.attributes or {}).items()
+                        )
+                        print(f"  {metric.name:<28} {labels:<50} {value}")
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--jobs", type=int, default=150)
     parser.add_argument("--duration", type=float, default=1.0)
+    parser.add_argument("--otel", action="store_true", help="print OpenTelemetry timelines")
     args = parser.parse_args()
     n, duration, poll = args.jobs, args.duration, 0.25
+    recorder = Recorder() if args.otel else None
+    otel = recorder.kwargs() if recorder is not None else {}
 
     async with FakeLipsyncServer(
         job_duration=duration,
@@ -105,8 +184,9 @@ async def main() -> None:
                 webhook=WebhookReceiver(),
                 webhook_grace=duration * 3,
                 poll_interval=poll,
+                **otel,
             ),
-            await run_mode("polling", fake, n, duration, poll_interval=poll),
+            await run_mode("polling", fake, n, duration, poll_interval=poll, **otel),
         ]
         ideal = math.ceil(duration / poll)
         print(f"\n{'mode':<9} {'completed':>9} {'failed':>6} {'reads/job':>9} {'seconds':>8}")
@@ -119,6 +199,9 @@ async def main() -> None:
             f"{dups} duplicated (ignored); polling ideal is {ideal} reads/job"
         )
         print(f"jobs created at the service: {len(fake.jobs)} (one per submit, none twice)")
+        if recorder is not None:
+            recorder.timeline()
+            recorder.metrics()
 
 
 if __name__ == "__main__":

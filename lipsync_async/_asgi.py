@@ -74,7 +74,7 @@ class ReceiverASGIApp:
             return
         body = await _read_body(receive, self._receiver.max_body + 1)
         status, headers, raw = await self._receiver._receive_http(
-            str(scope.get("method", "")), secret, body, _token_of(scope)
+            str(scope.get("method", "")), secret, body, _token_of(scope), _token_of(scope, "tp")
         )
         await _answer(send, status, headers, raw)
 
@@ -95,11 +95,12 @@ class ReceiverASGIApp:
         return segment
 
 
-def _token_of(scope: Scope) -> str | None:
-    """The correlation token (``?t=``) of a delivery, if its URL has one."""
+def _token_of(scope: Scope, name: str = "t") -> str | None:
+    """The correlation token (``?t=``) of a delivery, if its URL has one (or, ``name="tp"``,
+    the traceparent of its submit, with OpenTelemetry on)."""
     raw = scope.get("query_string", b"")
     query = raw.decode("latin-1") if isinstance(raw, bytes) else str(raw)
-    values = parse_qs(query).get("t")
+    values = parse_qs(query).get(name)
     return values[0] if values else None
 
 

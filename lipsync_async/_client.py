@@ -50,6 +50,7 @@ from ._models import (
     check_url,
     local_media,
 )
+from ._telemetry import NOOP, VIA_USER_READ, resolve
 from ._tracker import Tracker
 from ._webhook import WebhookReceiver
 from ._wire import dump_request, parse_submit_answer
@@ -142,6 +143,10 @@ class LipsyncClient:
             own uses this one. ``None`` (the default) keeps everything in this process.
         allow_insecure: accept an ``http://`` ``base_url`` on a host that is not loopback
             (the key then travels in clear); refused by default.
+        tracer_provider, meter_provider: OpenTelemetry providers for this client's spans and
+            metrics (the ``otel`` extra; README, Observability). ``None``: the global ones
+            the application configured, if any, looked up when the client opens; with none,
+            the SDK emits nothing and pays nothing.
     """
 
     def __init__(
@@ -164,6 +169,8 @@ class LipsyncClient:
         store: Store | None = None,
         close_timeout: float = 10.0,
         allow_insecure: bool = False,
+        tracer_provider: Any = None,
+        meter_provider: Any = None,
     ) -> None:
         key = api_key if api_key is not None else os.environ.get("LIPSYNC_API_KEY")
         if not key or not isinstance(key, str):
@@ -230,6 +237,7 @@ class LipsyncClient:
         self._store_link = None if store is None else StoreLink(store, self._tracker, vet=vet)
         if store is not None and webhook is not None:
             webhook._use_store(store)
+        self._providers = (tracer_provider, meter_provider)
         # Shared with the views `with_options` makes: one lifecycle for all of them.
         self._life = _Life()
         self._view = False
@@ -247,6 +255,13 @@ class LipsyncClient:
             raise RuntimeError("this LipsyncClient is already open")
         self._life.loop = asyncio.get_running_loop()
         self._life.closing = False
+        # Telemetry is looked up now, not at construction: an application may configure its
+        # providers after making the client. NOOP (one attribute check per hook) if none.
+        tel = resolve(*self._providers)
+        self._tracker.tel = self._transport.tel = tel
+        if self._receiver is not None:
+            self._receiver._tel = tel
+        tel.track(self._tracker)
         await self._transport.open()
         self._tracker.start()
         if self._store_link is not None:
@@ -318,6 +333,9 @@ class LipsyncClient:
                 finally:
                     await self._transport.close()
                     self._life.loop = None
+                    tel = self._tracker.tel
+                    tel.untrack(self._tracker)
+                    self._tracker.tel = self._transport.tel = NOOP
 
     def _check_open(self) -> None:
         if self._life.loop is None or self._life.closing:
@@ -374,6 +392,12 @@ class LipsyncClient:
         self._check_open()
         self._life.submits += 1
         try:
+            tel = self._tracker.tel
+            if tel.on:
+                with tel.submit_span(request) as span:
+                    job = await self._submit(request)
+                    span.accepted(job.id)
+                    return job
             return await self._submit(request)
         finally:
             self._life.submits -= 1
@@ -392,12 +416,17 @@ class LipsyncClient:
         # flight, and after it only if its answer is lost, so its delivery can settle it.
         tokens = receiver._tokens
         token = tokens.issue()
+        tel = self._tracker.tel
         try:
-            body = dump_request(request, receiver._hook_url(token))
+            url = receiver._hook_url(token)
+            if tel.on:
+                url = tel.hook_url(url)  # the submit's traceparent, for the delivery's span
+            body = dump_request(request, url)
             job_id = await self._send(request, body)
         except SubmissionUncertainError as exc:
             tokens.uncertain(token)
-            exc._settle = functools.partial(self._settle, token, request)
+            context = tel.submit_context() if tel.on else None
+            exc._settle = functools.partial(self._settle, token, request, context)
             raise
         finally:
             tokens.answered(token)  # a no-op for an uncertain one (moved aside above)
@@ -414,18 +443,36 @@ class LipsyncClient:
             # the cause.
             raise SubmissionUncertainError(request, f"unreadable answer: {exc}") from exc
 
-    async def _answered(self, request: Request, job_id: str, by_webhook: bool) -> Job:
-        """Track a job whose submit is known to have created it (answered, or settled)."""
+    async def _answered(
+        self,
+        request: Request,
+        job_id: str,
+        by_webhook: bool,
+        context: tuple[str, int] | None = None,
+    ) -> Job:
+        """Track a job whose submit is known to have created it (answered, or settled).
+
+        ``context``: an uncertain submit's trace context, for the job it settled into (else
+        the submit span's, current here).
+        """
         link = self._store_link
-        recorded = await link.record_submit(job_id, request) if link is not None else None
+        tel = self._tracker.tel
+        if tel.on and context is None:
+            context = tel.submit_context()
+        trace = context[0] or None if context is not None else None
+        recorded = await link.record_submit(job_id, request, trace) if link is not None else None
         # A receiver its own check could not reach: poll from the start, not after the grace.
         by_webhook = by_webhook and self._receiver_reachable
+        if tel.on:  # before the tracker: a delivery held early may resolve the job at once
+            tel.job_tracked(job_id, context, by_webhook=by_webhook)
         job = self._tracker.submitted(job_id, webhook=by_webhook)
         if link is not None and recorded is not None:
             link.submitted(job, recorded)  # a known outcome resolves it; a store failure raises
         return job
 
-    async def _settle(self, token: str, request: Request, timeout: float) -> Job | None:
+    async def _settle(
+        self, token: str, request: Request, context: tuple[str, int] | None, timeout: float
+    ) -> Job | None:
         """``SubmissionUncertainError.resolve``: the job a delivery carrying ``token`` named.
 
         The job is then tracked as if its submit had been answered. The delivery itself waits
@@ -451,7 +498,7 @@ class LipsyncClient:
                 raise LipsyncError("cannot settle this uncertain submit: the client closed")
             return None
         receiver._tokens.forget(token)
-        job = await self._answered(request, job_id, False)
+        job = await self._answered(request, job_id, False, context)
         log.info("job %r: an uncertain submit settled by its delivery's token", job_id)
         return job
 
@@ -742,7 +789,7 @@ class LipsyncClient:
         check_job_id(job_id)
         self._check_open()
         state = await self._tracker.fetch(job_id, self._transport)
-        self._tracker.deliver(state)
+        self._tracker.deliver(state, VIA_USER_READ)
         return state
 
     async def as_completed(
@@ -806,6 +853,15 @@ class LipsyncClient:
                 overwrite=overwrite,
             )
 
+        tel = self._tracker.tel
+        if tel.on:
+            with tel.download_span(url, job_id) as span:
+                if job_id is None:
+                    written = await fetch(url)
+                else:
+                    written = await refetch_expired(fetch, url, job_id, self.get_job, _output_of)
+                span.wrote(written.stat().st_size)
+                return written
         if job_id is None:
             return await fetch(url)
         return await refetch_expired(fetch, url, job_id, self.get_job, _output_of)

@@ -49,6 +49,7 @@ from ._errors import (
 from ._models import Request
 from ._pacing import Pacer
 from ._retry import Verdict, judge_error, judge_status
+from ._telemetry import NOOP, Telemetry
 from ._version import __version__
 
 __all__ = [
@@ -312,6 +313,7 @@ class Transport:
         self.requests_sent = 0  # counters for benchmarks and logs
         self.retries = 0
         self.rate_limited = 0
+        self.tel: Telemetry = NOOP  # the client's, set when it opens (read on the root)
 
     def __repr__(self) -> str:
         return f"<Transport {self._base!r} in_flight<={self.max_in_flight}>"
@@ -364,6 +366,8 @@ class Transport:
         if self._pacer.limited(asyncio.get_running_loop().time(), seconds):
             # One warning per pause, not one per 429 of a storm.
             log.warning("rate limited: pausing all requests for %.2f s", seconds)
+            if self._root.tel.on:
+                self._root.tel.paused(seconds)
 
     # -- the two calls -----------------------------------------------------------------------
 
@@ -460,6 +464,8 @@ class Transport:
                     )
                     if status == 429:
                         self._root.rate_limited += 1
+                        if self._root.tel.on:
+                            self._root.tel.rate_limited()
                         self.pause(
                             retry_after if retry_after is not None else self.retry.delay(attempt)
                         )

@@ -55,6 +55,7 @@ from typing import TYPE_CHECKING, Final
 from ._errors import APIError, AuthenticationError, LipsyncError, NotFoundError
 from ._job import INITIAL, Job, close_all
 from ._models import JobState
+from ._telemetry import NOOP, VIA_DELIVERY, VIA_READ, Telemetry
 from ._wire import job_path, loads_object, parse_job_state, state_to_wire
 
 if TYPE_CHECKING:
@@ -152,6 +153,7 @@ class Tracker:
         "_transport",
         "poll_interval",
         "reads",
+        "tel",
         "webhook_grace",
     )
 
@@ -188,6 +190,7 @@ class Tracker:
         # own outcome) are acknowledged without a trip through the early-delivery buffer.
         self._recent = _RecentIds(_RECENT_MAX)
         self.reads = 0  # status reads made (a benchmark figure)
+        self.tel: Telemetry = NOOP  # the client's, set when it opens (see _telemetry)
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -222,6 +225,8 @@ class Tracker:
         self._early_bytes = 0
         jobs, self._jobs = self._jobs, {}
         close_all(jobs.values())
+        if self.tel.on:
+            self.tel.forget_all()
         if readers:
             await asyncio.gather(*readers, return_exceptions=True)
 
@@ -285,6 +290,8 @@ class Tracker:
             del self._jobs[job.id]
             self._shrink()
         self._unslot(job)
+        if self.tel.on:
+            self.tel.ended(job.id, "cancelled")
 
     def _unslot(self, job: Job) -> None:
         slot = job._slot
@@ -351,8 +358,12 @@ class Tracker:
 
     # -- resolution --------------------------------------------------------------------------
 
-    def deliver(self, state: JobState) -> bool:
-        """Apply a delivered state. True if a tracked job took it (or already had it)."""
+    def deliver(self, state: JobState, via: str = VIA_DELIVERY) -> bool:
+        """Apply a delivered state. True if a tracked job took it (or already had it).
+
+        ``via``: how the state came (a delivery, another worker through the store, a read),
+        for telemetry only.
+        """
         job = self._jobs.get(state.id)
         if job is None:
             if state.id in self._recent:
@@ -360,13 +371,17 @@ class Tracker:
             if state.is_final:
                 self._keep_early(state)
             return False
-        self._apply(job, state)
+        self._apply(job, state, via)
         return True
 
-    def _apply(self, job: Job, state: JobState) -> None:
+    def _apply(self, job: Job, state: JobState, via: str = VIA_DELIVERY) -> None:
         if state.is_final:
+            tel = self.tel
+            since = self.loop.time() if tel.on else 0.0
             self._release(job)
             job._take(state)
+            if tel.on:
+                tel.resolved(job, via, since)
         else:
             job._take(state)
 
@@ -375,6 +390,8 @@ class Tracker:
         if not job.done():
             self._release(job)
             job._refuse(error)
+            if self.tel.on:
+                self.tel.ended(job.id, "refused")
 
     def _release(self, job: Job) -> None:
         """Take a job that is about to end out of everything the tracker holds (invariant 2)."""
@@ -430,6 +447,14 @@ class Tracker:
     async def fetch(self, job_id: str, transport: Transport | None = None) -> JobState:
         """One status read (retried by the transport on transient errors); ``transport``: a
         ``with_options`` view's, for a read made through it."""
+        if self.tel.on:
+            with self.tel.read_span(job_id) as span:
+                state = await self._fetch(job_id, transport)
+                span.read(state)
+                return state
+        return await self._fetch(job_id, transport)
+
+    async def _fetch(self, job_id: str, transport: Transport | None) -> JobState:
         via = self._transport if transport is None else transport
         status, raw = await via.read(job_path(job_id), job_id=job_id)
         self.reads += 1
@@ -479,6 +504,6 @@ class Tracker:
             log.exception("job %r: unexpected error during a status read", job.id)
         else:
             if job._slot is _READING:  # not finished (or rescheduled) while we read
-                self._apply(job, state)
+                self._apply(job, state, VIA_READ)
         if job._slot is _READING and not job.done():
             self._schedule_in(job, self.poll_interval)

@@ -58,7 +58,7 @@ import os
 import re
 import secrets
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
-from typing import TYPE_CHECKING, Final, Protocol, Self
+from typing import TYPE_CHECKING, Any, Final, Protocol, Self
 
 from aiohttp import ClientPayloadError, web
 from aiohttp.http_exceptions import HttpProcessingError
@@ -69,6 +69,7 @@ from ._files import FileRegistry
 from ._http import is_loopback
 from ._limits import GatedSite, ServerLog, Summary, derive_cap, probe
 from ._models import JobState, check_url
+from ._telemetry import NOOP, Telemetry, resolve
 from ._tokens import TokenBook, check_token
 from ._wire import parse_job_state
 
@@ -269,6 +270,7 @@ class WebhookReceiver:
         self._attached = False
         self.received = 0  # deliveries accepted (a benchmark figure)
         self.matched = 0
+        self._tel: Telemetry = NOOP  # its client's (set when the client opens), see _telemetry
 
     def __repr__(self) -> str:  # never the secret
         where = self._public_url or f"http://{self.host}:{self._bound_port or self._port}"
@@ -383,7 +385,12 @@ class WebhookReceiver:
         return ReceiverASGIApp(self)
 
     async def _receive_http(
-        self, method: str, secret: str, body: bytes, token: str | None = None
+        self,
+        method: str,
+        secret: str,
+        body: bytes,
+        token: str | None = None,
+        trace: str | None = None,
     ) -> tuple[int, dict[str, str], bytes]:
         """One request to ``{path}/{secret}`` from a server that is not aiohttp (the ASGI app):
         the same checks, in the same order, as ``_accept``, then the same ``_dispatch``.
@@ -397,7 +404,7 @@ class WebhookReceiver:
                 return web.Response(status=405, headers={"Allow": "POST"})
             if len(body) > self.max_body:
                 return _reply(413, f"body over {self.max_body} bytes")
-            return await self._deliver_body(bytes(body), token)
+            return await self._deliver_body(bytes(body), token, trace)
 
         try:
             reply = await answer()
@@ -406,6 +413,8 @@ class WebhookReceiver:
         except Exception:  # as in _handle: a bug of ours is a 503 the service retries
             log.exception("webhook handler error")
             reply = _reply(503, "temporarily unavailable")
+        if self._tel.on and 400 <= reply.status < 500:
+            self._tel.delivery_refused(reply.status)
         body_out = reply.body if isinstance(reply, web.Response) else None
         return reply.status, dict(reply.headers), body_out if isinstance(body_out, bytes) else b""
 
@@ -413,6 +422,8 @@ class WebhookReceiver:
         """Listen on ``host:port`` (no access log: the path carries the secret)."""
         if self._runner is not None:
             return
+        if self._sink is None and not self._tel.on:
+            self._tel = resolve()  # listening alone: the application's global providers
         app = web.Application(client_max_size=self.max_body)
         self.attach(app)
         self._attached = False
@@ -638,12 +649,15 @@ class WebhookReceiver:
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         try:
-            return await self._accept(request)
+            reply = await self._accept(request)
         except asyncio.CancelledError:
             raise
         except Exception:  # a bug of ours must not become a 500 the service retries forever
             log.exception("webhook handler error")
             return _reply(503, "temporarily unavailable")
+        if self._tel.on and 400 <= reply.status < 500:  # refused at the door: no span, a count
+            self._tel.delivery_refused(reply.status)
+        return reply
 
     async def _accept(self, request: web.Request) -> web.StreamResponse:
         given = request.match_info.get("secret", "").encode()
@@ -674,9 +688,13 @@ class WebhookReceiver:
             reply = _reply(400, "body not received whole")
             reply.force_close()
             return reply
-        return await self._deliver_body(bytes(body), request.query.get("t"))
+        return await self._deliver_body(
+            bytes(body), request.query.get("t"), request.query.get("tp")
+        )
 
-    async def _deliver_body(self, body: bytes, token: str | None) -> web.StreamResponse:
+    async def _deliver_body(
+        self, body: bytes, token: str | None, trace: str | None = None
+    ) -> web.StreamResponse:
         """A whole, authenticated body (from aiohttp or the ASGI app): parse, then dispatch."""
         try:
             data = json.loads(body)
@@ -688,15 +706,28 @@ class WebhookReceiver:
             state = parse_job_state(data)
         except APIError as exc:
             return _reply(400, exc.message)
-        return await self._dispatch_in_time(state, check_token(token))
+        return await self._dispatch_in_time(state, check_token(token), trace)
 
     async def _dispatch_in_time(
-        self, state: JobState, token: str | None = None
+        self, state: JobState, token: str | None = None, trace: str | None = None
     ) -> web.StreamResponse:
-        """``_dispatch`` within ``handler_timeout``; past it, 503 (the service retries)."""
+        """``_dispatch`` within ``handler_timeout``; past it, 503 (the service retries).
+
+        ``trace``: the traceparent the delivery's URL carried (``&tp=``), for its span.
+        """
+        if self._tel.on:
+            with self._tel.delivery_span(state, trace, self.path) as span:
+                reply = await self._dispatch_timed(state, token, span)
+                span.answered(reply.status)
+                return reply
+        return await self._dispatch_timed(state, token, None)
+
+    async def _dispatch_timed(
+        self, state: JobState, token: str | None, span: Any
+    ) -> web.StreamResponse:
         try:
             async with asyncio.timeout(self.handler_timeout):
-                return await self._dispatch(state, token)
+                return await self._dispatch(state, token, span)
         except TimeoutError:
             log.warning(
                 "delivery for job %r not processed within %g s: answered 503 (retried)",
@@ -705,7 +736,10 @@ class WebhookReceiver:
             )
             return _reply(503, "not processed in time, retry later")
 
-    async def _dispatch(self, state: JobState, token: str | None = None) -> web.StreamResponse:
+    async def _dispatch(
+        self, state: JobState, token: str | None = None, span: Any = None
+    ) -> web.StreamResponse:
+        """Hand an authenticated delivery on; ``span`` (telemetry on) is told its result."""
         # Authenticated: a token of our own submits in flight or uncertain names its job now
         # (tokens correlate, they do not authenticate). Unknown tokens change nothing here;
         # with a store they are recorded for the worker whose submit it was (see _record).
@@ -725,6 +759,8 @@ class WebhookReceiver:
         if sink is not None:
             if self.verify:
                 if sink.get(state.id) is None:
+                    if span is not None:
+                        span.result = "routed" if self._store is not None else "early"
                     return await self._untracked(state, token)
                 try:
                     verified = await self._verified(sink, state.id)
@@ -743,8 +779,15 @@ class WebhookReceiver:
                     sink.deliver(state)  # still worth a fresher .state
                     return _reply(503, "the job is not final yet at the API, retry later")
             self.received += 1
+            known = span is not None and sink.get(state.id) is not None
             matched = sink.deliver(state)
             self.matched += matched
+            if span is not None:  # see README, Observability: lipsync.delivery.result
+                if matched:
+                    span.result = "accepted" if known else "duplicate"
+                else:
+                    shared = self._store is not None and self._store.shared
+                    span.result = "routed" if shared else "early"
             if not matched and not await self._record(state, token):  # another worker's job?
                 return _reply(503, "cannot record the delivery now, retry later")
             log.info(
@@ -754,6 +797,8 @@ class WebhookReceiver:
                 "matched" if matched else "unknown id (held briefly)",
             )
             return _reply(200, "")
+        if span is not None:
+            span.result = "routed" if self._store is not None else "accepted"
         if self._store is not None:
             if not await self._record(state, token):
                 return _reply(503, "cannot record the delivery now, retry later")

@@ -303,9 +303,7 @@ async def check_host(base_url: str | None) -> None:
 
     try:
         async with asyncio.timeout(_DNS_TIMEOUT):
-            await asyncio.get_running_loop().getaddrinfo(
-                host, url.port, type=socket.SOCK_STREAM
-            )
+            await asyncio.get_running_loop().getaddrinfo(host, url.port, type=socket.SOCK_STREAM)
     except socket.gaierror as exc:
         where = "--base-url (LIPSYNC_BASE_URL)" if base_url else "the default API root"
         raise APIConnectionError(

@@ -65,13 +65,16 @@ class PendingRecord:
 
     ``request`` is the submit's wire form without the receiver URL (it carries the receiver's
     secret, which has no business in a database): ``{"formState": {...}}`` plus ``"webhook"``
-    when the caller gave a URL of their own. ``submitted_at`` is Unix time.
+    when the caller gave a URL of their own. ``submitted_at`` is Unix time. ``trace`` is the
+    W3C ``traceparent`` of the submit's span when OpenTelemetry was on (the ``otel`` extra), so
+    the worker that resumes the job continues its trace; ``None`` otherwise.
     """
 
     id: str
     endpoint: str
     submitted_at: float
     request: Mapping[str, Any] = attrs.field(factory=dict)
+    trace: str | None = None
 
 
 class Store(abc.ABC):

@@ -19,6 +19,7 @@ client closing stays pending, for a resume.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Final
@@ -26,6 +27,7 @@ from typing import TYPE_CHECKING, Final
 from .._errors import NotFoundError
 from .._job import Job
 from .._models import JobState, Request
+from .._telemetry import VIA_WORKER
 from ._base import Store, StoreError
 from ._records import record_for
 
@@ -54,7 +56,9 @@ class StoreLink:
         # pending() or add_pending) go to its _vet, which resolves a job only with the API's
         # answer; otherwise straight to the tracker.
         self._vet = vet
-        self._deliver: Callable[[JobState], object] = vet or tracker.deliver
+        self._deliver: Callable[[JobState], object] = vet or functools.partial(
+            tracker.deliver, via=VIA_WORKER
+        )
         self._finished: list[JobState] = []
         self._dropped: list[str] = []
         self._flusher: asyncio.Task[None] | None = None
@@ -98,10 +102,15 @@ class StoreLink:
 
     # -- submits -----------------------------------------------------------------------------
 
-    async def record_submit(self, job_id: str, request: Request) -> Recorded:
-        """Record the submit; return (a final state already known, or the store's failure)."""
+    async def record_submit(
+        self, job_id: str, request: Request, trace: str | None = None
+    ) -> Recorded:
+        """Record the submit; return (a final state already known, or the store's failure).
+
+        ``trace``: the submit span's traceparent, with OpenTelemetry on (see ``_telemetry``).
+        """
         try:
-            return await self.store.add_pending(record_for(job_id, request)), None
+            return await self.store.add_pending(record_for(job_id, request, trace)), None
         except StoreError as exc:
             return None, exc
 
@@ -131,9 +140,12 @@ class StoreLink:
         its delivery may have come while no process listened.
         """
         tracker = self._tracker
+        tel = tracker.tel
         jobs: list[Job] = []
         for record, final in await self.store.pending():
             known = tracker.get(record.id) is not None
+            if tel.on and not known:  # its trace goes on here (see _telemetry)
+                tel.resumed(record.id, record.trace, record.submitted_at)
             # With verification, a final the store hands over is checked by a read: poll it.
             job = tracker.attach(record.id, poll=final is None or self._vet is not None)
             if not known:

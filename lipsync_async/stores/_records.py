@@ -16,6 +16,7 @@ import attrs
 
 from .._errors import APIError, ValidationError
 from .._models import ENDPOINTS, JobState, Request, check_job_id
+from .._telemetry import check_traceparent
 from .._wire import form_state, parse_job_state, state_to_wire
 from ._base import PendingRecord
 
@@ -62,25 +63,26 @@ def _dumps(obj: object) -> str:
     return json.dumps(obj, separators=(",", ":"), allow_nan=False)
 
 
-def record_for(job_id: str, request: Request) -> PendingRecord:
+def record_for(job_id: str, request: Request, trace: str | None = None) -> PendingRecord:
     """The record of a submit: its formState and the caller's own webhook, never ours."""
     wire: dict[str, Any] = {"formState": form_state(request)}
     if request.webhook:
         wire["webhook"] = request.webhook
     return PendingRecord(
-        id=job_id, endpoint=request.endpoint, submitted_at=time.time(), request=wire
+        id=job_id, endpoint=request.endpoint, submitted_at=time.time(), request=wire, trace=trace
     )
 
 
 def dump_record(record: PendingRecord) -> str:
-    return _dumps(
-        {
-            "id": record.id,
-            "endpoint": record.endpoint,
-            "submitted_at": record.submitted_at,
-            "request": dict(record.request),
-        }
-    )
+    data = {
+        "id": record.id,
+        "endpoint": record.endpoint,
+        "submitted_at": record.submitted_at,
+        "request": dict(record.request),
+    }
+    if record.trace is not None:  # absent otherwise: records without telemetry are unchanged
+        data["trace"] = record.trace
+    return _dumps(data)
 
 
 def load_record(text: str | bytes) -> PendingRecord | None:
@@ -101,6 +103,7 @@ def load_record(text: str | bytes) -> PendingRecord | None:
             endpoint=str(data["endpoint"]),
             submitted_at=float(data["submitted_at"]),
             request=request if isinstance(request, dict) else {},
+            trace=check_traceparent(data.get("trace")),  # a store peer's text: checked
         )
     except (ValueError, TypeError, KeyError, AttributeError, RecursionError):
         return None

@@ -1,0 +1,611 @@
+"""OpenTelemetry spans and metrics for the job lifecycle: the only module that knows OpenTelemetry.
+
+The rest of the SDK holds a :class:`Telemetry` and calls it only behind ``if tel.on:``. The
+default, :data:`NOOP`, has ``on = False``: without the ``otel`` extra, or with it but no tracer
+or meter provider configured, the hot path pays that one attribute check and nothing else, and
+``opentelemetry`` is not even imported (a process that configured a provider has imported
+``opentelemetry.trace`` or ``opentelemetry.metrics`` already: :func:`resolve` looks there first).
+
+**Why a job is not one long span held open.** A job waits minutes, a fan-out holds 100,000 of
+them, and its end may happen in another process (a restart, another worker). A live SDK span
+per pending job costs kilobytes (attributes, events, a lock), is lost unexported if the process
+dies, and cannot be ended by the worker that resumes the job. So nothing span-shaped is held
+while a job waits: the *submit* span ends when the submit is answered, and its W3C
+``traceparent`` is what travels: in a side table here (job id -> a tuple of the traceparent,
+the submit's start time and whether a delivery is expected), in the store's pending record
+(:attr:`PendingRecord.trace`, so a resumed job rejoins its trace), and in the webhook URL of
+the submit (``&tp=``, beside the correlation token, so the delivery handled by any worker
+joins it without a store read; the record may not even exist yet when a delivery beats the
+submit's answer). The one **job span** (``lipsync.job``) is then made when the job resolves,
+on whichever worker tracks it then, with its start time set back to the submit's: one span
+from submit to resolution, a child of the submit span, with how it resolved, the wait and the
+outcome. A job that never resolves in a live process (closed, then never resumed) has no job
+span, only its submit span.
+
+Per pending job, with a provider configured: one dict entry and one tuple of three atoms
+(which the collector untracks) plus the 55-character traceparent, about 270 B; nothing when
+no provider is configured (the ``Job`` itself is unchanged: ``test_job_lifecycle``'s budget).
+
+Secrets: no span or attribute holds the API key, the receiver's secret or a full URL of the
+API or the receiver (``url.template`` and ``server.address`` instead); a download's URL is
+recorded without its query (signed CDN URLs carry credentials there).
+"""
+
+from __future__ import annotations
+
+import contextvars
+import re
+import sys
+import time
+from collections import OrderedDict
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any, Final
+
+if TYPE_CHECKING:
+    from ._job import Job
+    from ._models import JobState, Request
+    from ._tracker import Tracker
+
+__all__ = [
+    "NOOP",
+    "VIA_DELIVERY",
+    "VIA_READ",
+    "VIA_USER_READ",
+    "VIA_WORKER",
+    "Telemetry",
+    "resolve",
+]
+
+SCOPE: Final = "lipsync_async"
+
+# How a final state reached the tracker (``Tracker.deliver(via=...)``); "read" becomes "poll"
+# or "fallback" depending on whether the job was waiting for a delivery.
+VIA_DELIVERY: Final = "delivery"
+VIA_READ: Final = "read"
+VIA_USER_READ: Final = "get_job"
+VIA_WORKER: Final = "another_worker"
+
+_TRACEPARENT: Final = re.compile(r"^00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})$")
+_RECENT_MAX: Final = 10_000  # resolved jobs whose trace a later download links to
+_API_TRACE: Final = "opentelemetry.trace"
+_API_METRICS: Final = "opentelemetry.metrics"
+_JOB_BUCKETS: Final = (0.1, 0.5, 1, 5, 10, 30, 60, 120, 300, 600, 1200, 3600)
+_WAKE_BUCKETS: Final = (0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5)
+_MIN_CREDITS_SECONDS: Final = 5.0  # the billing minimum: what a submit surely costs at least
+
+# Set by the submit span for the code it wraps: (traceparent, start in ns since the epoch).
+_SUBMIT: contextvars.ContextVar[tuple[str, int] | None] = contextvars.ContextVar(
+    "lipsync_submit", default=None
+)
+
+
+def check_traceparent(value: object) -> str | None:
+    """``value`` if it is a W3C traceparent (version 00, valid ids), else ``None``.
+
+    A traceparent can come from a delivery's URL (anyone holding the receiver's secret) or a
+    store record (a store peer): nothing else is ever made of it than a parent or a link.
+    """
+    if not isinstance(value, str) or len(value) != 55:
+        return None
+    match = _TRACEPARENT.match(value)
+    if match is None or set(match[1]) == {"0"} or set(match[2]) == {"0"}:
+        return None
+    return value
+
+
+class Telemetry:
+    """The no-op: every hook does nothing; callers check ``on`` first and skip the call."""
+
+    on = False
+
+    def track(self, tracker: Tracker) -> None: ...
+
+    def untrack(self, tracker: Tracker) -> None: ...
+
+    def submit_span(self, request: Request) -> Any:
+        raise NotImplementedError
+
+    def submit_context(self) -> tuple[str, int] | None:
+        return None
+
+    def hook_url(self, url: str) -> str:
+        return url
+
+    def job_tracked(
+        self, job_id: str, context: tuple[str, int] | None, *, by_webhook: bool
+    ) -> None: ...
+
+    def resumed(self, job_id: str, trace: str | None, submitted_at: float) -> None: ...
+
+    def read_span(self, job_id: str) -> Any:
+        raise NotImplementedError
+
+    def resolved(self, job: Job, via: str, since: float) -> None: ...
+
+    def ended(self, job_id: str, outcome: str) -> None: ...
+
+    def forget_all(self) -> None: ...
+
+    def delivery_span(self, state: JobState, trace: str | None, path: str) -> Any:
+        raise NotImplementedError
+
+    def delivery_refused(self, status: int) -> None: ...
+
+    def download_span(self, url: str, job_id: str | None) -> Any:
+        raise NotImplementedError
+
+    def rate_limited(self) -> None: ...
+
+    def paused(self, seconds: float) -> None: ...
+
+
+NOOP: Final = Telemetry()
+
+
+def resolve(tracer_provider: Any = None, meter_provider: Any = None) -> Telemetry:
+    """The telemetry for a client opening now: explicit providers, else the global ones.
+
+    :data:`NOOP` when nothing is configured: the ``otel`` extra not installed, or installed
+    but no provider set (the API's proxy providers are what an unconfigured process has).
+    """
+    configured = tracer_provider is not None or meter_provider is not None
+    if not configured and not (_API_TRACE in sys.modules or _API_METRICS in sys.modules):
+        return NOOP  # nobody imported the API, so nobody configured it
+    try:
+        from opentelemetry import metrics, trace
+    except ImportError:
+        return NOOP
+    if tracer_provider is None:
+        found = trace.get_tracer_provider()
+        if not isinstance(found, trace.ProxyTracerProvider | trace.NoOpTracerProvider):
+            tracer_provider = found
+    if meter_provider is None:
+        found_meter = metrics.get_meter_provider()
+        # The API's own proxy before anything is set; its no-op when set to nothing.
+        if type(found_meter).__name__ not in ("_ProxyMeterProvider", "NoOpMeterProvider"):
+            meter_provider = found_meter
+    if tracer_provider is None and meter_provider is None:
+        return NOOP
+    return _Otel(tracer_provider, meter_provider)
+
+
+class _Otel(Telemetry):
+    """Telemetry with OpenTelemetry: one per client (its providers), shared by its parts."""
+
+    on = True
+
+    def __init__(self, tracer_provider: Any, meter_provider: Any) -> None:
+        from opentelemetry import metrics, trace
+
+        from ._version import __version__
+
+        self._trace = trace
+        # A tracer from a NoOp provider when only metrics are configured (and vice versa):
+        # the calls stay the same, and cost nothing where nothing listens.
+        tp = tracer_provider if tracer_provider is not None else trace.NoOpTracerProvider()
+        mp = meter_provider if meter_provider is not None else metrics.NoOpMeterProvider()
+        self.tracer = tp.get_tracer(SCOPE, __version__)
+        meter = mp.get_meter(SCOPE, __version__)
+        # job id -> (traceparent or "", submit start ns, expects a delivery)
+        self._jobs: dict[str, tuple[str, int, bool]] = {}
+        self._recent: OrderedDict[str, str] = OrderedDict()  # resolved id -> traceparent
+        self._trackers: set[Tracker] = set()  # the client's, from its open to its close
+        self._submits = meter.create_counter(
+            "lipsync.submits", unit="{submit}", description="Submits, by outcome"
+        )
+        self._credits = meter.create_counter(
+            "lipsync.credits.estimated",
+            unit="{credit}",
+            description="Credits the submits accepted (or uncertain) cost at least",
+        )
+        self._reads = meter.create_counter(
+            "lipsync.status_reads", unit="{read}", description="Status reads (GET /jobs/{id})"
+        )
+        self._throttled = meter.create_counter(
+            "lipsync.http.rate_limited", unit="{response}", description="429 answers"
+        )
+        self._pauses = meter.create_counter(
+            "lipsync.http.pauses", unit="{pause}", description="Client-wide pauses a 429 set"
+        )
+        self._pause_time = meter.create_counter(
+            "lipsync.http.pause.duration", unit="s", description="Seconds of client-wide pauses"
+        )
+        self._deliveries = meter.create_counter(
+            "lipsync.deliveries", unit="{delivery}", description="Webhook deliveries, by result"
+        )
+        self._jobs_ended = meter.create_counter(
+            "lipsync.jobs.resolved", unit="{job}", description="Jobs that ended, by outcome"
+        )
+        self._duration = meter.create_histogram(
+            "lipsync.job.duration",
+            unit="s",
+            description="From a job's submit to its resolution",
+            explicit_bucket_boundaries_advisory=list(_JOB_BUCKETS),
+        )
+        self._wake = meter.create_histogram(
+            "lipsync.delivery.wake",
+            unit="s",
+            description="From a final state reaching the tracker to the job's awaiters running",
+            explicit_bucket_boundaries_advisory=list(_WAKE_BUCKETS),
+        )
+        meter.create_observable_gauge(
+            "lipsync.jobs.pending",
+            callbacks=[self._observe_pending],
+            unit="{job}",
+            description="Jobs tracked and not finished",
+        )
+
+    # -- the pending gauge -------------------------------------------------------------------
+
+    def track(self, tracker: Tracker) -> None:
+        self._trackers.add(tracker)
+
+    def untrack(self, tracker: Tracker) -> None:
+        self._trackers.discard(tracker)
+
+    def _observe_pending(self, options: Any) -> Iterable[Any]:
+        from opentelemetry.metrics import Observation
+
+        return [Observation(sum(t.pending for t in list(self._trackers)))]
+
+    # -- trace context -----------------------------------------------------------------------
+
+    def _context(self, traceparent: str | None) -> Any:
+        """A context whose parent is ``traceparent`` (``None``: no parent, a new trace)."""
+        trace = self._trace
+        match = _TRACEPARENT.match(traceparent) if traceparent else None
+        if match is None:
+            return None
+        parent = trace.SpanContext(
+            trace_id=int(match[1], 16),
+            span_id=int(match[2], 16),
+            is_remote=True,
+            trace_flags=trace.TraceFlags(int(match[3], 16)),
+        )
+        return trace.set_span_in_context(trace.NonRecordingSpan(parent))
+
+    def _link(self, traceparent: str | None) -> list[Any]:
+        context = self._context(traceparent)
+        if context is None:
+            return []
+        return [self._trace.Link(self._trace.get_current_span(context).get_span_context())]
+
+    @staticmethod
+    def _format(span: Any) -> str:
+        ctx = span.get_span_context()
+        if not ctx.is_valid:
+            return ""
+        return f"00-{ctx.trace_id:032x}-{ctx.span_id:016x}-{int(ctx.trace_flags):02x}"
+
+    # -- submits -----------------------------------------------------------------------------
+
+    def submit_span(self, request: Request) -> _SubmitSpan:
+        return _SubmitSpan(self, request)
+
+    def submit_context(self) -> tuple[str, int] | None:
+        return _SUBMIT.get()
+
+    def hook_url(self, url: str) -> str:
+        context = _SUBMIT.get()
+        return f"{url}&tp={context[0]}" if context is not None and context[0] else url
+
+    def job_tracked(
+        self, job_id: str, context: tuple[str, int] | None, *, by_webhook: bool
+    ) -> None:
+        trace, started = context if context is not None else ("", time.time_ns())
+        self._jobs[job_id] = (trace, started, by_webhook)
+
+    def resumed(self, job_id: str, trace: str | None, submitted_at: float) -> None:
+        """A job from the store's pending records (``pending()``): its trace goes on here."""
+        if job_id not in self._jobs:
+            self._jobs[job_id] = (trace or "", int(submitted_at * 1e9), False)
+
+    # -- status reads ------------------------------------------------------------------------
+
+    def read_span(self, job_id: str) -> _ReadSpan:
+        return _ReadSpan(self, job_id)
+
+    # -- resolution --------------------------------------------------------------------------
+
+    def resolved(self, job: Job, via: str, since: float) -> None:
+        """``job`` just ended with a final state that came ``via``; ``since``: loop time the
+        state reached the tracker (for the wake histogram)."""
+        state = job.state
+        outcome = state.status.value if state is not None else "unknown"
+        self._end(job.id, outcome, via)
+        if via in (VIA_DELIVERY, VIA_WORKER):  # a delivery, here or through the store
+            loop = job._tracker.loop
+            # Scheduled now, run after the awaiters the job just woke (they were readied first).
+            loop.call_soon(self._woken, loop, since, via)
+
+    def _woken(self, loop: Any, since: float, via: str) -> None:
+        self._wake.record(loop.time() - since, {"lipsync.job.resolved_by": via})
+
+    def ended(self, job_id: str, outcome: str) -> None:
+        """Tracking ended without a final state: ``refused`` (404, 401) or ``cancelled``."""
+        self._end(job_id, outcome, None)
+
+    def _end(self, job_id: str, outcome: str, via: str | None) -> None:
+        entry = self._jobs.pop(job_id, None)
+        how = via
+        if entry is not None and via == VIA_READ:
+            how = "fallback" if entry[2] else "poll"
+        attributes: dict[str, Any] = {"lipsync.job.outcome": outcome}
+        if how is not None:
+            attributes["lipsync.job.resolved_by"] = how
+        self._jobs_ended.add(1, attributes)
+        if entry is None:
+            return  # attached by id: no submit known here, no job span
+        trace, started, _ = entry
+        now = time.time_ns()
+        wait = max(0.0, (now - started) / 1e9)
+        self._duration.record(wait, attributes)
+        span = self.tracer.start_span(
+            "lipsync.job",
+            context=self._context(trace),
+            start_time=started,
+            attributes={**attributes, "lipsync.job.id": job_id, "lipsync.job.wait": wait},
+        )
+        if outcome in ("failed", "refused"):
+            span.set_status(self._trace.StatusCode.ERROR, outcome)
+        span.end(end_time=now)
+        if trace:
+            recent = self._recent
+            recent[job_id] = trace
+            if len(recent) > _RECENT_MAX:
+                recent.popitem(last=False)
+
+    def forget_all(self) -> None:
+        """The client closed: its pending jobs end unresolved here (no job span)."""
+        self._jobs.clear()
+
+    def trace_of(self, job_id: str) -> str | None:
+        entry = self._jobs.get(job_id)
+        if entry is not None:
+            return entry[0] or None
+        return self._recent.get(job_id)
+
+    # -- deliveries --------------------------------------------------------------------------
+
+    def delivery_span(self, state: JobState, trace: str | None, path: str) -> _DeliverySpan:
+        return _DeliverySpan(self, state, trace, path)
+
+    def delivery_refused(self, status: int) -> None:
+        self._deliveries.add(
+            1, {"lipsync.delivery.result": "refused", "http.response.status_code": status}
+        )
+
+    # -- downloads and HTTP ------------------------------------------------------------------
+
+    def download_span(self, url: str, job_id: str | None) -> _DownloadSpan:
+        return _DownloadSpan(self, url, job_id)
+
+    def rate_limited(self) -> None:
+        self._throttled.add(1)
+
+    def paused(self, seconds: float) -> None:
+        self._pauses.add(1)
+        self._pause_time.add(seconds)
+
+
+# -- the spans -------------------------------------------------------------------------------
+# Context managers that set the span's attributes from what the wrapped code did or raised.
+
+
+def _error_type(exc: BaseException) -> str:
+    return type(exc).__name__
+
+
+def _http_status(exc: BaseException) -> int | None:
+    status = getattr(exc, "status", None)
+    return status if isinstance(status, int) else None
+
+
+class _SubmitSpan:
+    """``POST /{endpoint}``: one submit, retries included; its outcome and the job id."""
+
+    def __init__(self, tel: _Otel, request: Request) -> None:
+        self._tel = tel
+        self._request = request
+        self._span: Any = None
+        self._token: Any = None
+        self._use: Any = None
+        self._job_id: str | None = None
+
+    def __enter__(self) -> _SubmitSpan:
+        tel, request = self._tel, self._request
+        resolution = getattr(request, "resolution", None) or "480p"
+        self._attributes = {"lipsync.endpoint": request.endpoint, "lipsync.resolution": resolution}
+        self._credits = _MIN_CREDITS_SECONDS * (4.0 if resolution == "720p" else 2.0)
+        self._span = tel.tracer.start_span(
+            f"POST /{request.endpoint}",
+            kind=tel._trace.SpanKind.CLIENT,
+            attributes={
+                "http.request.method": "POST",
+                "url.template": f"/{request.endpoint}",
+                "lipsync.operation": "submit",
+                "lipsync.credits.estimated": self._credits,
+                **self._attributes,
+            },
+        )
+        self._use = tel._trace.use_span(self._span, end_on_exit=False)
+        self._use.__enter__()
+        started = getattr(self._span, "start_time", None) or time.time_ns()
+        self._token = _SUBMIT.set((tel._format(self._span), started))
+        return self
+
+    def accepted(self, job_id: str) -> None:
+        self._job_id = job_id
+
+    def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
+        from ._errors import SubmissionUncertainError
+
+        tel, span = self._tel, self._span
+        _SUBMIT.reset(self._token)
+        self._use.__exit__(None, None, None)  # the exception is recorded here, not there
+        job = getattr(exc, "job", None)  # a StoreError after the job was created
+        job_id = self._job_id or getattr(job, "id", None)
+        if exc is None or job_id is not None:  # the job exists (a store failure is not a refusal)
+            outcome = "accepted"
+        elif isinstance(exc, SubmissionUncertainError):
+            outcome = "uncertain"
+        else:
+            outcome = "refused"
+        span.set_attribute("lipsync.submit.outcome", outcome)
+        if job_id is not None:
+            span.set_attribute("lipsync.job.id", job_id)
+        if exc is not None:
+            span.set_attribute("error.type", _error_type(exc))
+            status = _http_status(exc)
+            if status is not None:
+                span.set_attribute("http.response.status_code", status)
+            span.set_status(tel._trace.StatusCode.ERROR, _error_type(exc))
+        else:
+            span.set_attribute("http.response.status_code", 200)
+        span.end()
+        attributes = {**self._attributes, "lipsync.submit.outcome": outcome}
+        tel._submits.add(1, attributes)
+        if outcome != "refused":
+            tel._credits.add(self._credits, attributes)
+
+
+class _ReadSpan:
+    """``GET /jobs/{id}``: one status read, a child of the job's submit when it is known."""
+
+    def __init__(self, tel: _Otel, job_id: str) -> None:
+        self._tel = tel
+        self._job_id = job_id
+        self._span: Any = None
+
+    def __enter__(self) -> _ReadSpan:
+        tel = self._tel
+        trace = tel.trace_of(self._job_id)
+        self._span = tel.tracer.start_span(
+            "GET /jobs/{id}",
+            context=tel._context(trace) if trace else None,
+            kind=tel._trace.SpanKind.CLIENT,
+            attributes={
+                "http.request.method": "GET",
+                "url.template": "/jobs/{id}",
+                "lipsync.operation": "status_read",
+                "lipsync.job.id": self._job_id,
+            },
+        )
+        return self
+
+    def read(self, state: JobState) -> None:
+        self._span.set_attribute("lipsync.job.status", state.status.value)
+
+    def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
+        tel, span = self._tel, self._span
+        outcome = "ok"
+        if exc is not None:
+            outcome = "error"
+            span.set_attribute("error.type", _error_type(exc))
+            status = _http_status(exc)
+            if status is not None:
+                span.set_attribute("http.response.status_code", status)
+            span.set_status(tel._trace.StatusCode.ERROR, _error_type(exc))
+        else:
+            span.set_attribute("http.response.status_code", 200)
+        span.end()
+        tel._reads.add(1, {"lipsync.read.outcome": outcome})
+
+
+class _DeliverySpan:
+    """``process {path}``: one authenticated delivery, in the trace of the job's submit."""
+
+    def __init__(self, tel: _Otel, state: JobState, trace: str | None, path: str) -> None:
+        self._tel = tel
+        self._state = state
+        self._trace = trace
+        self._path = path
+        self.result = "refused"
+        self._span: Any = None
+
+    def __enter__(self) -> _DeliverySpan:
+        tel, state = self._tel, self._state
+        # The job's own trace when this worker tracks it; else what the delivery's URL
+        # carried (the submit was another worker's, or its answer was lost).
+        trace = tel.trace_of(state.id) or check_traceparent(self._trace)
+        self._span = tel.tracer.start_span(
+            f"process {self._path}",
+            context=tel._context(trace) if trace else None,
+            kind=tel._trace.SpanKind.CONSUMER,
+            attributes={
+                "messaging.system": "lipsync",
+                "messaging.operation.type": "process",
+                "messaging.operation.name": "process",
+                "messaging.destination.name": self._path,
+                "messaging.message.id": state.id,
+                "lipsync.job.id": state.id,
+                "lipsync.job.status": state.status.value,
+            },
+        )
+        return self
+
+    def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
+        tel, span = self._tel, self._span
+        if exc is not None:
+            self.result = "refused"
+            span.set_attribute("error.type", _error_type(exc))
+            span.set_status(tel._trace.StatusCode.ERROR, _error_type(exc))
+        span.set_attribute("lipsync.delivery.result", self.result)
+        span.end()
+        tel._deliveries.add(1, {"lipsync.delivery.result": self.result})
+
+    def answered(self, status: int) -> None:
+        self._span.set_attribute("http.response.status_code", status)
+        if status >= 300:
+            self.result = "refused"
+
+
+class _DownloadSpan:
+    """``GET``: one download (a CDN's URL: no template), linked to the job's trace."""
+
+    def __init__(self, tel: _Otel, url: str, job_id: str | None) -> None:
+        self._tel = tel
+        self._url = url
+        self._job_id = job_id
+        self._span: Any = None
+
+    def __enter__(self) -> _DownloadSpan:
+        from yarl import URL
+
+        tel = self._tel
+        url = URL(self._url)
+        attributes: dict[str, Any] = {
+            "http.request.method": "GET",
+            "lipsync.operation": "download",
+            "server.address": url.host or "",
+            # Without query, fragment or user info: signed URLs carry credentials there.
+            "url.full": str(url.with_query(None).with_fragment(None).with_user(None)),
+        }
+        if url.port is not None:
+            attributes["server.port"] = url.port
+        links = []
+        if self._job_id is not None:
+            attributes["lipsync.job.id"] = self._job_id
+            links = tel._link(tel.trace_of(self._job_id))
+        self._span = tel.tracer.start_span(
+            "GET", kind=tel._trace.SpanKind.CLIENT, attributes=attributes, links=links
+        )
+        self._use = tel._trace.use_span(self._span, end_on_exit=False)
+        self._use.__enter__()
+        return self
+
+    def wrote(self, size: int) -> None:
+        self._span.set_attribute("http.response.body.size", size)
+
+    def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
+        self._use.__exit__(None, None, None)
+        span = self._span
+        if exc is not None:
+            span.set_attribute("error.type", _error_type(exc))
+            status = _http_status(exc)
+            if status is not None:
+                span.set_attribute("http.response.status_code", status)
+            span.set_status(self._tel._trace.StatusCode.ERROR, _error_type(exc))
+        else:
+            span.set_attribute("http.response.status_code", 200)
+        span.end()
