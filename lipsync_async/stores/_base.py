@@ -113,6 +113,9 @@ class Store(abc.ABC):
     #: expects deliveries made to other workers to arrive through the channel.
     shared: bool = False
 
+    #: Seconds between two claims of a job whose completion another live claimant holds.
+    claim_retry: float = 1.0
+
     def __init__(self) -> None:
         self._users = 0
         self._listeners: list[tuple[DeliveryCallback, ResyncCallback | None]] = []
