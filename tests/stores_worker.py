@@ -8,7 +8,8 @@ one JSON object per line (``{"event": ...}``) for the test to read. Modes:
 * ``resume``: ``await client.pending()``, print ``resumed``, await them all, print ``resolved``.
 
 ``--store`` is ``sqlite:PATH`` or a ``redis://`` URL (``--prefix`` namespaces the keys,
-``--worker`` names the worker, ``--lease`` its lease in seconds). With
+``--worker`` names the worker, ``--lease`` its lease in seconds; ``--complete-log FILE``
+sets an ``on_complete`` that logs ``start``/``end`` lines there, ``--complete-delay`` apart). With
 ``--port``, the worker runs a receiver there whose public URL is ``--public-url`` (another
 worker's address: the load balancer sent the webhook elsewhere) and whose secret is
 ``--secret``, shared by all workers.
@@ -19,6 +20,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 from typing import Any
 
@@ -60,6 +62,21 @@ async def settle(client: LipsyncClient, jobs: list[Job], timeout: float) -> None
     )
 
 
+def completion_log(path: str | None, delay: float) -> Any:
+    """``on_complete`` that appends ``start <id> <pid>`` and ``end <id> <pid>`` lines to
+    ``path`` (one ``O_APPEND`` write each: lines from several processes never interleave)."""
+    if path is None:
+        return None
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+
+    async def on_complete(job: Job) -> None:
+        os.write(fd, f"start {job.id} {os.getpid()}\n".encode())
+        await asyncio.sleep(delay)
+        os.write(fd, f"end {job.id} {os.getpid()}\n".encode())
+
+    return on_complete
+
+
 async def main(args: argparse.Namespace) -> None:
     store = make_store(args.store, args.prefix, args.worker, args.lease)
     receiver = None
@@ -75,6 +92,7 @@ async def main(args: argparse.Namespace) -> None:
         store=store,
         poll_interval=args.poll_interval,
         webhook_grace=args.grace,
+        on_complete=completion_log(args.complete_log, args.complete_delay),
     )
     async with client:
         emit("ready")
@@ -124,5 +142,7 @@ if __name__ == "__main__":
     parser.add_argument("--timeout", type=float, default=30.0)
     parser.add_argument("--linger", type=float, default=0.0)
     parser.add_argument("--hang", action="store_true")
+    parser.add_argument("--complete-log", default=None)  # on_complete appends to this file
+    parser.add_argument("--complete-delay", type=float, default=0.0)
     asyncio.run(main(parser.parse_args()))
     sys.exit(0)

@@ -13,9 +13,18 @@ Pass one to ``LipsyncClient(store=...)`` and, for a process that only listens, t
 
 from __future__ import annotations
 
-from ._base import PendingRecord, Store, StoreError
+from ._base import CLAIM_DONE, CLAIM_HELD, PendingRecord, Store, StoreError
 from ._memory import MemoryStore
 from ._redis import RedisStore
 from ._sqlite import SQLiteStore
 
-__all__ = ["MemoryStore", "PendingRecord", "RedisStore", "SQLiteStore", "Store", "StoreError"]
+__all__ = [
+    "CLAIM_DONE",
+    "CLAIM_HELD",
+    "MemoryStore",
+    "PendingRecord",
+    "RedisStore",
+    "SQLiteStore",
+    "Store",
+    "StoreError",
+]
