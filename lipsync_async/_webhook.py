@@ -137,8 +137,10 @@ class WebhookReceiver:
             (may be async). Without it and without a client, use ``async for state in receiver``.
         store: a :mod:`lipsync_async.stores` store shared with other workers: a final state
             this receiver accepts and no job of its own client takes is recorded there (the
-            service gets 503, and retries, if the store is down), and the store announces it to
-            the worker awaiting the job. A receiver given to a client defaults to its store.
+            service gets 503, and retries, if the store is down), and the store sends it to
+            the worker owning the job. A receiver given to a client defaults to its store; a
+            store of its own must be that store or an equal one (same backend, location and
+            prefix: then the receiver uses the client's object).
         file_grace: seconds a local input file (a ``pathlib.Path`` media field) stays served
             after its job ends, at ``{public_url}{path}/files/{token}/{name}``; then that URL
             is a 404. Files are served by the process that registered them only.
