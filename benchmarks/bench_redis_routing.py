@@ -32,7 +32,7 @@ from pathlib import Path
 import aiohttp
 
 from lipsync_async import Job, JobState, JobStatus, LipsyncClient, WebhookReceiver
-from lipsync_async.stores import MemoryStore, RedisStore, Store
+from lipsync_async.stores import MemoryStore, PendingRecord, RedisStore, Store
 
 SECRET = "bench-secret-0123456789abcdef"  # noqa: S105 - a loopback benchmark's URL token
 KEY = "sk_bench_not_used"  # no API request is ever made: jobs are attached, not submitted
@@ -156,6 +156,19 @@ def _countdown(client: LipsyncClient, ids: list[str]) -> asyncio.Event:
     return done
 
 
+async def _own(store: Store, ids: list[str]) -> None:
+    """Record the jobs as this worker's: a RedisStore routes a delivery to its job's owner."""
+    sem = asyncio.Semaphore(64)
+
+    async def one(job_id: str) -> None:
+        async with sem:
+            await store.add_pending(
+                PendingRecord(id=job_id, endpoint="lipsync-image", submitted_at=time.time())
+            )
+
+    await asyncio.gather(*(one(i) for i in ids))
+
+
 async def _all_done(done: asyncio.Event, started: float) -> float:
     await asyncio.wait_for(done.wait(), 300)
     return time.perf_counter() - started
@@ -178,6 +191,7 @@ async def store_redis(n: int, url: str) -> float:
     async with LipsyncClient(KEY, base_url=BASE, store=store, poll_interval=3600) as client:
         ids = [f"{prefix}-{i}" for i in range(n)]
         done = _countdown(client, ids)
+        await _own(store, ids)
         child = await _spawn("--child", "publish", "--redis-url", url, "--prefix", prefix,
                              "--jobs", str(n))  # fmt: skip
         assert child.stdin is not None
@@ -220,6 +234,7 @@ async def webhook_routed(n: int, url: str) -> float:
     async with LipsyncClient(KEY, base_url=BASE, store=store, poll_interval=3600) as client:
         ids = [f"{prefix}-{i}" for i in range(n)]
         done = _countdown(client, ids)
+        await _own(store, ids)
         child = await _spawn("--child", "receive", "--redis-url", url, "--prefix", prefix,
                              "--port", str(port))  # fmt: skip
         try:

@@ -140,8 +140,10 @@ class WebhookReceiver:
             (may be async). Without it and without a client, use ``async for state in receiver``.
         store: a :mod:`lipsync_async.stores` store shared with other workers: a final state
             this receiver accepts and no job of its own client takes is recorded there (the
-            service gets 503, and retries, if the store is down), and the store announces it to
-            the worker awaiting the job. A receiver given to a client defaults to its store.
+            service gets 503, and retries, if the store is down), and the store sends it to
+            the worker owning the job. A receiver given to a client defaults to its store; a
+            store of its own must be that store or an equal one (same backend, location and
+            prefix: then the receiver uses the client's object).
         file_grace: seconds a local input file (a ``pathlib.Path`` media field) stays served
             after its job ends, at ``{public_url}{path}/files/{token}/{name}``; then that URL
             is a 404. Files are served by the process that registered them only.
@@ -517,11 +519,19 @@ class WebhookReceiver:
             await self._store.close()
 
     def _use_store(self, store: Store) -> None:
-        """A client's store, for a receiver that has none of its own."""
-        if self._store is None:
+        """A client's store, for a receiver that has none of its own or an equal one.
+
+        Equal stores (:meth:`Store.same_as`: same backend, location and prefix) are one store:
+        the receiver takes the client's object, unless its own is open already (it serves
+        on; both objects reach the same data, so deliveries route alike).
+        """
+        own = self._store
+        if own is None or (own is not store and own.same_as(store) and not own._users):
             self._store = store
-        elif self._store is not store:
-            raise ValidationError("store", "the receiver and its client must share one store")
+        elif not own.same_as(store):
+            raise ValidationError(
+                "store", "the receiver and its client must share one store (or equal ones)"
+            )
 
     async def _record(self, state: JobState, token: str | None = None) -> bool:
         """Record a final state in the shared store; False if the store cannot take it now.

@@ -7,7 +7,9 @@ one JSON object per line (``{"event": ...}``) for the test to read. Modes:
   print ``resolved`` or, with ``--hang``, sleep until killed (the test kills it mid-flight);
 * ``resume``: ``await client.pending()``, print ``resumed``, await them all, print ``resolved``.
 
-``--store`` is ``sqlite:PATH`` or a ``redis://`` URL (``--prefix`` namespaces the keys). With
+``--store`` is ``sqlite:PATH`` or a ``redis://`` URL (``--prefix`` namespaces the keys,
+``--worker`` names the worker, ``--lease`` its lease in seconds; ``--complete-log FILE``
+sets an ``on_complete`` that logs ``start``/``end`` lines there, ``--complete-delay`` apart). With
 ``--port``, the worker runs a receiver there whose public URL is ``--public-url`` (another
 worker's address: the load balancer sent the webhook elsewhere) and whose secret is
 ``--secret``, shared by all workers.
@@ -18,6 +20,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 from typing import Any
 
@@ -32,10 +35,10 @@ def emit(event: str, **fields: Any) -> None:
     print(json.dumps({"event": event, **fields}), flush=True)
 
 
-def make_store(spec: str, prefix: str) -> Store:
+def make_store(spec: str, prefix: str, worker: str | None = None, lease: float = 30.0) -> Store:
     if spec.startswith("sqlite:"):
         return SQLiteStore(spec.removeprefix("sqlite:"))
-    return RedisStore(spec, prefix=prefix)
+    return RedisStore(spec, prefix=prefix, worker=worker, lease=lease)
 
 
 async def settle(client: LipsyncClient, jobs: list[Job], timeout: float) -> None:
@@ -59,8 +62,23 @@ async def settle(client: LipsyncClient, jobs: list[Job], timeout: float) -> None
     )
 
 
+def completion_log(path: str | None, delay: float) -> Any:
+    """``on_complete`` that appends ``start <id> <pid>`` and ``end <id> <pid>`` lines to
+    ``path`` (one ``O_APPEND`` write each: lines from several processes never interleave)."""
+    if path is None:
+        return None
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+
+    async def on_complete(job: Job) -> None:
+        os.write(fd, f"start {job.id} {os.getpid()}\n".encode())
+        await asyncio.sleep(delay)
+        os.write(fd, f"end {job.id} {os.getpid()}\n".encode())
+
+    return on_complete
+
+
 async def main(args: argparse.Namespace) -> None:
-    store = make_store(args.store, args.prefix)
+    store = make_store(args.store, args.prefix, args.worker, args.lease)
     receiver = None
     if args.port:
         # Its public URL is another worker's, which may start later: no start-up check.
@@ -74,6 +92,7 @@ async def main(args: argparse.Namespace) -> None:
         store=store,
         poll_interval=args.poll_interval,
         webhook_grace=args.grace,
+        on_complete=completion_log(args.complete_log, args.complete_delay),
     )
     async with client:
         emit("ready")
@@ -112,6 +131,8 @@ if __name__ == "__main__":
     parser.add_argument("--api-key", required=True)
     parser.add_argument("--store", required=True)
     parser.add_argument("--prefix", default="lipsync")
+    parser.add_argument("--worker", default=None)  # RedisStore(worker=): stable across restarts
+    parser.add_argument("--lease", type=float, default=30.0)
     parser.add_argument("--count", type=int, default=10)
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--public-url", default=None)
@@ -121,5 +142,7 @@ if __name__ == "__main__":
     parser.add_argument("--timeout", type=float, default=30.0)
     parser.add_argument("--linger", type=float, default=0.0)
     parser.add_argument("--hang", action="store_true")
+    parser.add_argument("--complete-log", default=None)  # on_complete appends to this file
+    parser.add_argument("--complete-delay", type=float, default=0.0)
     asyncio.run(main(parser.parse_args()))
     sys.exit(0)

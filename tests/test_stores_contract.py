@@ -13,7 +13,15 @@ from pathlib import Path
 import pytest
 
 from lipsync_async import JobState, JobStatus
-from lipsync_async.stores import MemoryStore, PendingRecord, RedisStore, SQLiteStore, Store
+from lipsync_async.stores import (
+    CLAIM_DONE,
+    CLAIM_HELD,
+    MemoryStore,
+    PendingRecord,
+    RedisStore,
+    SQLiteStore,
+    Store,
+)
 
 from .stores_support import REDIS_SERVER
 
@@ -84,3 +92,46 @@ async def test_correlation_tokens_contract(store: Store) -> None:
     await store.record_token("tok_" + "a" * 12, "job-2")  # first one wins
     assert await store.token_job("tok_" + "a" * 12) == "job-1"
     assert await store.token_job("tok_" + "b" * 12) is None
+
+
+async def test_completion_claims_contract(store: Store) -> None:
+    """The first claim of a job gets a fencing token; later claims find it held; an ack with
+    another token fails, with the holder's it makes the claim done for good; tokens grow."""
+    first = await store.claim("job-1")
+    assert first > 0
+    assert await store.claim("job-1") == CLAIM_HELD
+    assert await store.ack("job-1", first + 1000) is False
+    assert await store.ack("job-1", first) is True
+    assert await store.claim("job-1") == CLAIM_DONE
+    assert await store.ack("job-1", first) is False  # done: nothing to ack
+    assert await store.claim("job-2") > first
+
+
+@pytest.mark.parametrize(
+    "kind",
+    [
+        "sqlite",
+        pytest.param("redis", marks=pytest.mark.skipif(REDIS_SERVER is None, reason=NO_REDIS)),
+    ],
+)
+def test_equal_stores_are_one_store(
+    kind: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    """Two objects for one backend, location and prefix are one store (``same_as``, and the
+    receiver takes the client's object); another file or prefix is another store, which the
+    client refuses with a ValidationError naming ``store``. MemoryStores are only themselves."""
+    from lipsync_async import LipsyncClient, ValidationError, WebhookReceiver
+
+    def make(variant: str = "") -> Store:
+        if kind == "sqlite":
+            return SQLiteStore(tmp_path / f"jobs{variant}.db")
+        return RedisStore(request.getfixturevalue("redis_url"), prefix=f"eq{variant}")
+
+    a, b = make(), make()
+    assert a.same_as(b) and b.same_as(a) and a.key() == b.key()
+    assert not a.same_as(make("-other"))
+    assert not MemoryStore().same_as(MemoryStore())
+    LipsyncClient("sk_test", webhook=WebhookReceiver(store=a), store=b)  # accepted
+    with pytest.raises(ValidationError) as info:
+        LipsyncClient("sk_test", webhook=WebhookReceiver(store=make("-other")), store=b)
+    assert info.value.field == "store"

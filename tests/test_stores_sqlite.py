@@ -89,3 +89,37 @@ async def test_unusable_path_fails_on_open_with_store_error(
     """A database that cannot be opened fails the client's start, not its first submit."""
     with pytest.raises(StoreError, match="cannot open"):
         await make_client(store=SQLiteStore(tmp_path / "missing-dir" / "jobs.db"))
+
+
+@pytest.mark.slow
+async def test_on_complete_once_per_machine_and_again_after_a_crash_inside_it(
+    fake: FakeLipsyncServer, tmp_path: Path
+) -> None:
+    """With a SQLite file, ``on_complete`` runs once per job across restarts: a worker killed
+    inside the callback leaves the job pending and claimed by a dead process, so the
+    restarted worker runs it again (and only then drops it); a later restart runs nothing."""
+    fake.job_duration = 0.1
+    db, log = tmp_path / "jobs.db", tmp_path / "done.log"
+    common = [
+        "--base-url", fake.base_url, "--api-key", fake.api_key, "--store", f"sqlite:{db}",
+        "--poll-interval", "0.05", "--complete-log", str(log),
+    ]  # fmt: skip
+    worker = await Worker.spawn("submit", *common, "--count", "2", "--complete-delay", "30")
+    try:
+        await worker.event("submitted")
+        async with asyncio.timeout(10):
+            while log.read_text().count("start") < 2 if log.exists() else True:  # noqa: ASYNC110
+                await asyncio.sleep(0.02)
+    finally:
+        await worker.kill()  # inside both callbacks
+    for attempt in range(2):
+        worker = await Worker.spawn("resume", *common)
+        try:
+            resumed = await worker.event("resumed")
+            await worker.event("resolved")
+            assert await worker.exited() == 0
+        finally:
+            await worker.kill()
+        assert len(resumed["ids"]) == (2 if attempt == 0 else 0)
+    lines = [line.split()[0] for line in log.read_text().splitlines()]
+    assert lines.count("start") == 4 and lines.count("end") == 2
