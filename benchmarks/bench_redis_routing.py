@@ -41,14 +41,11 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+from _bench import emit, fmt, table
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from _bench import emit, fmt, table  # noqa: E402
-
-from lipsync_async import Job, JobState, LipsyncClient, WebhookReceiver  # noqa: E402
-from lipsync_async.stores import RedisStore  # noqa: E402
-from lipsync_async.stores._base import PendingRecord  # noqa: E402
+from lipsync_async import Job, LipsyncClient, WebhookReceiver
+from lipsync_async.stores import RedisStore
+from lipsync_async.stores._base import PendingRecord
 
 SECRET = "bench-secret-0123456789abcdef"  # noqa: S105 - a loopback benchmark's URL token
 KEY = "sk_bench_not_used"  # no API request is ever made: jobs are attached, not submitted
