@@ -12,14 +12,16 @@ The parts, all on loopback and started by the test:
   their stdin and reporting every job's end on their stdout.
 
 The run: workers 0 and 2 submit 200 jobs each, paced; worker 1 submits 60 paced and 40 at once
-and is SIGKILLed the moment its submits return (its jobs in flight are the *orphans*); Redis
-is restarted while it is dead; after the lease the killed worker could hold, it comes back on
-the same port, calls ``client.pending()`` and submits its last 100. Then:
+and is SIGKILLed the moment its submits return (its jobs not yet ended are the *orphans*);
+Redis is restarted while it is dead; the killed worker comes back on the same port with the
+same worker id (well within its lease, so no live worker adopted its jobs meanwhile), calls
+``client.pending()`` and submits its last 100. Then:
 
 * every one of the 600 jobs resolved to the emulator's record (status, output, error);
 * 0 jobs created twice: 600 submits reached the emulator and it holds 600 jobs;
+* ``pending()`` gave the restarted worker its own orphans and none of the live workers' jobs;
 * status reads from the restart to the end at most 1.1x the orphans (the restarted worker
-  reads only what it adopted, not the whole fleet's pending jobs).
+  reads only its own, not the whole fleet's pending jobs).
 """
 
 from __future__ import annotations
@@ -56,10 +58,9 @@ pytestmark = [
 WORKER = Path(__file__).with_name("fleet_worker.py")
 SECRET = "fleet-secret-" + secrets.token_hex(8)
 VICTIM = 1
-#: RedisStore keywords every worker gets (the lease the killed worker's jobs wait out).
-STORE_OPTS: dict[str, Any] = {}
-#: How long a dead worker's jobs stay its own before another worker may adopt them.
-LEASE = 0.0
+#: How long a dead worker's jobs stay its own before a live worker adopts them: longer than
+#: the victim takes to come back (with its worker id, it takes its jobs back at once).
+LEASE = 20.0
 #: Hard bounds: no wait in this test is longer, and the whole run stays well under it.
 STEP = 30.0
 RUN = 75.0
@@ -83,7 +84,11 @@ class FleetWorker:
             stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
         )  # fmt: skip
         worker = cls(index, proc, news)
-        await worker.wait(lambda: worker.first("ready"), "ready")
+        try:
+            await worker.wait(lambda: worker.first("ready"), "ready")
+        except BaseException:
+            await worker.kill()
+            raise
         return worker
 
     async def _read(self) -> None:
@@ -176,13 +181,13 @@ async def test_a_fleet_behind_nginx_survives_a_killed_worker_and_a_redis_restart
     try:
         async with fake, nginx_balancer(ports) as lb_port:
             durations = asyncio.get_running_loop().create_task(vary_durations(fake, rng))
-            opts = [f"--store-opt={k}={json.dumps(v)}" for k, v in STORE_OPTS.items()]
 
             def args(i: int) -> list[str]:
                 return [
                     "--base-url", fake.base_url, "--api-key", fake.api_key,
                     "--redis-url", redis.url, "--prefix", prefix, "--port", str(ports[i]),
-                    "--public-url", f"http://127.0.0.1:{lb_port}", "--secret", SECRET, *opts,
+                    "--public-url", f"http://127.0.0.1:{lb_port}", "--secret", SECRET,
+                    f"--store-opt=worker=\"w{i}\"", f"--store-opt=lease={LEASE}",
                 ]  # fmt: skip
 
             spawned = await asyncio.gather(
@@ -205,10 +210,11 @@ async def test_a_fleet_behind_nginx_survives_a_killed_worker_and_a_redis_restart
             await asyncio.to_thread(redis.stop)
             await asyncio.to_thread(redis.start)
 
-            # Back after the lease, on the same port: it adopts its orphans with pending().
-            await asyncio.sleep(max(0.0, killed_at + LEASE + 0.5 - time.monotonic()))
+            # Back on the same port with the same worker id, well within its lease: pending()
+            # gives it its jobs back (no live worker adopted them meanwhile).
             reads_before = fake.requests["GET /jobs"]
             restarted = workers[VICTIM] = await FleetWorker.spawn(VICTIM, news, *args(VICTIM))
+            assert time.monotonic() - killed_at < LEASE / 2, "the restart took too long"
             mark = await restarted.send(cmd="resume")
             await restarted.wait(lambda: restarted.first("resumed", mark), "resumed")
             resumed = restarted.first("resumed", mark)
