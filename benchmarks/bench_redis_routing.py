@@ -14,7 +14,10 @@ worker records it and the owner's job resolves. Two designs, measured alike, int
   reaches every worker, as the old single ``{prefix}:deliveries`` channel did.
 
 Per design and K: deliveries per second (first POST to the last job resolved at its owner),
-Redis commands per delivery (``INFO commandstats`` deltas, ``info`` itself excluded), channel
+Redis commands per delivery (``INFO commandstats`` deltas, ``info`` itself excluded; the
+commands a script runs count, and so do the script calls: a receiver records the deliveries
+that arrive while its previous call is in flight in one call, so smaller batches on more
+receivers add a fraction of a call per delivery), channel
 messages the workers received per delivery, and CPU per delivery of redis-server and of the
 workers together. The ratio column is routed against broadcast at the same K.
 
@@ -101,15 +104,30 @@ def _redis_server() -> Iterator[int]:
 class BroadcastStore(RedisStore):
     """The store as it was before issue 14: every delivery reaches every worker.
 
-    Same scripts and keys as :class:`RedisStore`; its subscriber listens, besides its own
-    channel, to every worker's (``PSUBSCRIBE {prefix}:*``). Redis then sends each delivery to
-    all K workers, each parses it and drops what it does not track: what the single
-    ``{prefix}:deliveries`` channel cost. ``heard`` counts every message received.
+    Same scripts and keys as :class:`RedisStore`; its subscriber listens to every worker's
+    channel (``PSUBSCRIBE {prefix}:to:*``) instead of its own. Redis then sends each delivery
+    to all K workers, and each one parses it and drops what it does not track: what the single
+    ``{prefix}:deliveries`` channel cost. ``heard`` counts every message received. (No
+    reconnects or resync: the benchmark's Redis does not go away.)
     """
 
     heard = 0
 
-    # Filled in once the routed store's channel names are known (see _subscribe).
+    async def _subscribe_forever(self) -> None:
+        client = self._client(0)
+        pubsub = client.pubsub(ignore_subscribe_messages=True)
+        try:
+            await pubsub.psubscribe(self._head + "to:*")
+            self._subscribed.set()
+            while True:
+                message = await pubsub.get_message(timeout=1.0)
+                if message is not None and message.get("type") == "pmessage":
+                    self.heard += 1
+                    self._on_message(message["data"])
+        finally:
+            self._subscribed.clear()
+            await pubsub.aclose()  # type: ignore[no-untyped-call]
+            await client.aclose()
 
 
 # -- a worker process ----------------------------------------------------------------------------
@@ -197,15 +215,19 @@ async def _spawn(design: str, url: str, prefix: str, ids: list[str]) -> Worker:
 # -- measuring -----------------------------------------------------------------------------------
 
 
-def _redis_counters(port: int) -> tuple[int, float]:
-    """Commands executed so far (``info`` excluded) and redis-server's CPU seconds."""
+def _redis_counters(port: int) -> tuple[int, int, float]:
+    """Commands executed so far (``info`` excluded; a script's own commands included), of
+    which script calls (``EVALSHA``/``EVAL``), and redis-server's CPU seconds."""
     import redis
 
     with redis.Redis(port=port) as r:
         stats: dict[str, Any] = r.info("commandstats")
         cpu: dict[str, Any] = r.info("cpu")
     calls = sum(int(v["calls"]) for k, v in stats.items() if k != "cmdstat_info")
-    return calls, float(cpu["used_cpu_user"]) + float(cpu["used_cpu_sys"])
+    scripts = sum(
+        int(stats.get(k, {}).get("calls", 0)) for k in ("cmdstat_evalsha", "cmdstat_eval")
+    )
+    return calls, scripts, float(cpu["used_cpu_user"]) + float(cpu["used_cpu_sys"])
 
 
 async def _post_all(targets: list[tuple[str, str]]) -> None:
@@ -239,13 +261,13 @@ async def measure(design: str, size: int, n: int, port: int, limit: float) -> di
             (f"http://127.0.0.1:{workers[(i + 1) % size].port}/webhooks/lipsync/{SECRET}", job)
             for i, job in enumerate(ids)
         ]
-        calls0, cpu0 = await asyncio.to_thread(_redis_counters, port)
+        calls0, scripts0, cpu0 = await asyncio.to_thread(_redis_counters, port)
         started = time.time()
         async with asyncio.timeout(limit):
             await _post_all(targets)
             done = [await w.line(limit) for w in workers]
         elapsed = max(d["done"] for d in done) - started
-        calls1, cpu1 = await asyncio.to_thread(_redis_counters, port)
+        calls1, scripts1, cpu1 = await asyncio.to_thread(_redis_counters, port)
         reports = [await w.stop(limit) for w in workers]
     finally:
         for w in workers:
@@ -260,6 +282,7 @@ async def measure(design: str, size: int, n: int, port: int, limit: float) -> di
         "seconds": elapsed,
         "per_s": n / elapsed,
         "commands": (calls1 - calls0) / n,
+        "scripts": (scripts1 - scripts0) / n,
         "messages": sum(r["heard"] for r in reports) / n,
         "redis_us": (cpu1 - cpu0) / n * 1e6,
         "workers_us": sum(r["cpu"] for r in reports) / n * 1e6,
@@ -284,7 +307,7 @@ async def run(args: argparse.Namespace, port: int) -> None:
             r, base = by[(design, size)], by[("broadcast", size)]
             rows.append([
                 design, str(size), fmt(r["deliveries"]), fmt(r["per_s"]),
-                f"{r['per_s'] / base['per_s']:.2f}x", fmt(r["commands"], 2),
+                f"{r['per_s'] / base['per_s']:.2f}x", fmt(r["commands"], 2), fmt(r["scripts"], 2),
                 fmt(r["messages"], 2), fmt(r["redis_us"]), fmt(r["workers_us"]),
             ])  # fmt: skip
     title = (
@@ -294,6 +317,7 @@ async def run(args: argparse.Namespace, port: int) -> None:
     )
     headers = [
         "design", "workers", "deliveries", "deliveries/s", "ratio", "Redis cmds/delivery",
+        "of which script calls",
         "messages/delivery", "Redis CPU us/delivery", "workers CPU us/delivery",
     ]  # fmt: skip
     emit("redis_routing", table(title, headers, rows), {"results": results})
