@@ -47,8 +47,7 @@ import aiohttp
 from _bench import emit, fmt, table
 
 from lipsync_async import Job, LipsyncClient, WebhookReceiver
-from lipsync_async.stores import RedisStore
-from lipsync_async.stores._base import PendingRecord
+from lipsync_async.stores import PendingRecord, RedisStore
 
 SECRET = "bench-secret-0123456789abcdef"  # noqa: S105 - a loopback benchmark's URL token
 KEY = "sk_bench_not_used"  # no API request is ever made: jobs are attached, not submitted

@@ -27,6 +27,7 @@ import aiohttp
 import attrs
 from yarl import URL
 
+from ._complete import Completions, OnComplete
 from ._download import download_to, refetch_expired
 from ._errors import (
     APIError,
@@ -55,6 +56,7 @@ from ._webhook import WebhookReceiver
 from ._wire import dump_request, parse_submit_answer
 from .stores._base import Store, StoreError
 from .stores._link import StoreLink
+from .stores._memory import MemoryStore
 
 __all__ = ["DEFAULT_BASE_URL", "LipsyncClient"]
 
@@ -140,6 +142,19 @@ class LipsyncClient:
             :meth:`pending` can resume them after a restart, and final states other workers
             record resolve this client's jobs. A ``webhook`` receiver without a store of its
             own uses this one. ``None`` (the default) keeps everything in this process.
+        on_complete: ``fn(job)``, sync or async, run once per job that ends completed or
+            failed (``job.state`` is the final state; a job cancelled, unknown to the service
+            or left pending at close runs nothing). Once per job **across every worker sharing
+            the store**, whatever mix of deliveries, polls, duplicates and restarts observes
+            the end: the first observation claims the job atomically (a fencing token), the
+            claim is acknowledged after ``fn`` returns (or raises: logged, not retried), and
+            only then is the job dropped from the store's pending records. If the worker dies
+            inside ``fn`` (or is cut off from Redis longer than its lease, or closes before
+            ``fn`` returns: ``close_timeout``), the adopter of the job runs ``fn`` again: at
+            least once per such crash, exactly once otherwise. Scope of "once": the fleet with
+            a ``RedisStore``; the machine, across restarts, with a ``SQLiteStore``; this
+            process with a ``MemoryStore`` or no store. A sync ``fn`` runs on the event loop:
+            keep it short or hand blocking work to a thread.
         allow_insecure: accept an ``http://`` ``base_url`` on a host that is not loopback
             (the key then travels in clear); refused by default.
     """
@@ -164,6 +179,7 @@ class LipsyncClient:
         store: Store | None = None,
         close_timeout: float = 10.0,
         allow_insecure: bool = False,
+        on_complete: OnComplete | None = None,
     ) -> None:
         key = api_key if api_key is not None else os.environ.get("LIPSYNC_API_KEY")
         if not key or not isinstance(key, str):
@@ -226,8 +242,26 @@ class LipsyncClient:
         self._started_receiver = False
         if store is not None and not isinstance(store, Store):
             raise ValidationError("store", "must be a lipsync_async.stores store")
+        if on_complete is not None and not callable(on_complete):
+            raise ValidationError("on_complete", "must be a callable taking the Job")
         vet = webhook._vet if webhook is not None and webhook.verify else None
-        self._store_link = None if store is None else StoreLink(store, self._tracker, vet=vet)
+        self._store_link = (
+            None
+            if store is None
+            else StoreLink(
+                store,
+                self._tracker,
+                vet=vet,
+                on_complete=on_complete,
+                close_timeout=self._close_timeout,
+            )
+        )
+        # Without a store, completions are claimed in a table of this process's own.
+        self._completions = (
+            Completions(on_complete, MemoryStore())
+            if store is None and on_complete is not None
+            else None
+        )
         if store is not None and webhook is not None:
             webhook._use_store(store)
         # Shared with the views `with_options` makes: one lifecycle for all of them.
@@ -311,6 +345,9 @@ class LipsyncClient:
         finally:
             try:
                 await self._tracker.close()
+                if self._completions is not None:
+                    await asyncio.sleep(0)  # done callbacks of the close run first
+                    await self._completions.close(self._close_timeout)
             finally:
                 try:
                     if self._store_link is not None:
@@ -420,7 +457,10 @@ class LipsyncClient:
         recorded = await link.record_submit(job_id, request) if link is not None else None
         # A receiver its own check could not reach: poll from the start, not after the grace.
         by_webhook = by_webhook and self._receiver_reachable
+        new = self._tracker.get(job_id) is None
         job = self._tracker.submitted(job_id, webhook=by_webhook)
+        if new and self._completions is not None:
+            job.add_done_callback(self._completions.on_done)
         if link is not None and recorded is not None:
             link.submitted(job, recorded)  # a known outcome resolves it; a store failure raises
         return job
@@ -735,7 +775,14 @@ class LipsyncClient:
         """
         check_job_id(job_id)
         self._check_open()
-        return self._tracker.attach(job_id)
+        new = self._tracker.get(job_id) is None
+        job = self._tracker.attach(job_id)
+        if new:  # its ending is recorded, and completed, like a submitted job's
+            if self._store_link is not None:
+                self._store_link.watch(job)
+            elif self._completions is not None:
+                job.add_done_callback(self._completions.on_done)
+        return job
 
     async def get_job(self, job_id: str) -> JobState:
         """One status read. A tracked job with that id takes the state too."""

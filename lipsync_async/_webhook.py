@@ -503,11 +503,19 @@ class WebhookReceiver:
             await self._store.close()
 
     def _use_store(self, store: Store) -> None:
-        """A client's store, for a receiver that has none of its own."""
-        if self._store is None:
+        """A client's store, for a receiver that has none of its own or an equal one.
+
+        Equal stores (:meth:`Store.same_as`: same backend, location and prefix) are one store:
+        the receiver takes the client's object, unless its own is open already (it serves
+        on; both objects reach the same data, so deliveries route alike).
+        """
+        own = self._store
+        if own is None or (own is not store and own.same_as(store) and not own._users):
             self._store = store
-        elif self._store is not store:
-            raise ValidationError("store", "the receiver and its client must share one store")
+        elif not own.same_as(store):
+            raise ValidationError(
+                "store", "the receiver and its client must share one store (or equal ones)"
+            )
 
     async def _record(self, state: JobState, token: str | None = None) -> bool:
         """Record a final state in the shared store; False if the store cannot take it now.

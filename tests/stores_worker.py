@@ -7,7 +7,8 @@ one JSON object per line (``{"event": ...}``) for the test to read. Modes:
   print ``resolved`` or, with ``--hang``, sleep until killed (the test kills it mid-flight);
 * ``resume``: ``await client.pending()``, print ``resumed``, await them all, print ``resolved``.
 
-``--store`` is ``sqlite:PATH`` or a ``redis://`` URL (``--prefix`` namespaces the keys). With
+``--store`` is ``sqlite:PATH`` or a ``redis://`` URL (``--prefix`` namespaces the keys,
+``--worker`` names the worker, ``--lease`` its lease in seconds). With
 ``--port``, the worker runs a receiver there whose public URL is ``--public-url`` (another
 worker's address: the load balancer sent the webhook elsewhere) and whose secret is
 ``--secret``, shared by all workers.
@@ -32,10 +33,10 @@ def emit(event: str, **fields: Any) -> None:
     print(json.dumps({"event": event, **fields}), flush=True)
 
 
-def make_store(spec: str, prefix: str) -> Store:
+def make_store(spec: str, prefix: str, worker: str | None = None, lease: float = 30.0) -> Store:
     if spec.startswith("sqlite:"):
         return SQLiteStore(spec.removeprefix("sqlite:"))
-    return RedisStore(spec, prefix=prefix)
+    return RedisStore(spec, prefix=prefix, worker=worker, lease=lease)
 
 
 async def settle(client: LipsyncClient, jobs: list[Job], timeout: float) -> None:
@@ -60,7 +61,7 @@ async def settle(client: LipsyncClient, jobs: list[Job], timeout: float) -> None
 
 
 async def main(args: argparse.Namespace) -> None:
-    store = make_store(args.store, args.prefix)
+    store = make_store(args.store, args.prefix, args.worker, args.lease)
     receiver = None
     if args.port:
         # Its public URL is another worker's, which may start later: no start-up check.
@@ -112,6 +113,8 @@ if __name__ == "__main__":
     parser.add_argument("--api-key", required=True)
     parser.add_argument("--store", required=True)
     parser.add_argument("--prefix", default="lipsync")
+    parser.add_argument("--worker", default=None)  # RedisStore(worker=): stable across restarts
+    parser.add_argument("--lease", type=float, default=30.0)
     parser.add_argument("--count", type=int, default=10)
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--public-url", default=None)

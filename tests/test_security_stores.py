@@ -99,14 +99,17 @@ async def test_redis_bad_pending_record_is_reported_once_and_skipped(
     log lines as it is)."""
     import redis.asyncio as aioredis
 
-    client = await make_client(store=RedisStore(redis_url, prefix="bad"))
+    store = RedisStore(redis_url, prefix="bad")
+    client = await make_client(store=store)
     job = await client.lipsync_image(image=IMAGE, audio=AUDIO)
     peer = aioredis.Redis.from_url(redis_url)
     try:
-        await peer.hset("bad:pending", "bad-1", _BAD_ID_RECORD)
-        await peer.hset("bad:pending", "bad-2", b"\xff{")
+        await peer.hset("{bad}:pending", "bad-1", _BAD_ID_RECORD)
+        await peer.hset("{bad}:pending", "bad-2", b"\xff{")
         forged_line = json.dumps({"id": "x\nERROR forged", "endpoint": "e", "submitted_at": 1})
-        await peer.hset("bad:pending", "bad-3", forged_line)
+        await peer.hset("{bad}:pending", "bad-3", forged_line)
+        # ...as jobs of this worker (a peer can write the owner index too)
+        await peer.sadd(f"{{bad}}:jobs:{store.worker}", "bad-1", "bad-2", "bad-3")
     finally:
         await peer.aclose()
     caplog.set_level(logging.INFO, logger="lipsync_async")

@@ -88,18 +88,19 @@ async def test_verify_covers_states_published_on_the_redis_channel(
     import redis.asyncio as aioredis
 
     fake.job_duration = 30
+    store = RedisStore(redis_url, prefix="v2")
     client = await make_client(
         webhook=WebhookReceiver(verify=True),
-        store=RedisStore(redis_url, prefix="v2"),
+        store=store,
         webhook_grace=1,  # the genuine outcome comes by the fallback poll (see below)
     )
     job = await client.lipsync_image(image=IMAGE, audio=AUDIO)
     peer = aioredis.Redis.from_url(redis_url)
     try:
         body = json.dumps(_forged(job.id))
-        await peer.set(f"v2:final:{job.id}", body)
-        for _ in range(5):
-            await peer.publish("v2:deliveries", "f" * 32 + body)
+        await peer.set(f"{{v2}}:final:{job.id}", body)
+        for _ in range(5):  # on the channel of the job's owner
+            await peer.publish(f"{{v2}}:to:{store.worker}", body)
     finally:
         await peer.aclose()
     for _ in range(250):  # the verification read runs in a task of its own
@@ -161,7 +162,7 @@ async def test_verify_covers_states_resynced_after_a_reconnect(
     job = await client.lipsync_image(image=IMAGE, audio=AUDIO)
     peer = aioredis.Redis.from_url(redis_url)
     try:
-        await peer.set(f"v3:final:{job.id}", json.dumps(_forged(job.id)))  # no PUBLISH
+        await peer.set(f"{{v3}}:final:{job.id}", json.dumps(_forged(job.id)))  # no PUBLISH
         await peer.client_kill_filter(_type="pubsub")  # the subscriber reconnects, resyncs
     finally:
         await peer.aclose()

@@ -11,7 +11,15 @@ A store keeps two things and carries one:
 * **the delivery channel**: the first time a final state is recorded, the store announces it
   to the listeners of *other* processes (:meth:`Store.add_listener`), so a webhook accepted by
   one worker resolves the ``Job`` awaited on another. Announcing only the first record is what
-  makes a duplicated webhook resolve nothing twice.
+  makes a duplicated webhook resolve nothing twice;
+* **completion claims**: :meth:`Store.claim` and :meth:`Store.ack` are how
+  ``LipsyncClient(on_complete=...)`` runs its callback once per job among everyone sharing the
+  store. The first final observation claims the job with a fencing token; the claim is acked
+  (done for good) only after the callback returned. The default keeps claims in this process
+  (a bounded table); stores shared between processes override both.
+
+Two store objects with the same :meth:`Store.key` (backend, location, prefix) are one store:
+a receiver and a client given equal stores use one of them.
 
 Implementations: :class:`~lipsync_async.stores.MemoryStore` (one process),
 :class:`~lipsync_async.stores.SQLiteStore` (one machine, survives restarts) and
@@ -21,9 +29,11 @@ Implementations: :class:`~lipsync_async.stores.MemoryStore` (one process),
 from __future__ import annotations
 
 import abc
+import itertools
 import logging
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Hashable, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Final
 
 import attrs
 
@@ -33,7 +43,15 @@ from .._models import JobState
 if TYPE_CHECKING:
     from .._job import Job
 
-__all__ = ["DeliveryCallback", "PendingRecord", "ResyncCallback", "Store", "StoreError"]
+__all__ = [
+    "CLAIM_DONE",
+    "CLAIM_HELD",
+    "DeliveryCallback",
+    "PendingRecord",
+    "ResyncCallback",
+    "Store",
+    "StoreError",
+]
 
 log = logging.getLogger("lipsync_async.stores")
 
@@ -41,6 +59,13 @@ DeliveryCallback = Callable[[JobState], object]
 """Called (synchronously, on the event loop) with each final state announced by another process."""
 ResyncCallback = Callable[[], Awaitable[None]]
 """Called after the channel reconnected: announcements made meanwhile may have been missed."""
+
+CLAIM_HELD: Final = 0
+""":meth:`Store.claim`: another live claimant holds the job (its callback is running)."""
+CLAIM_DONE: Final = -1
+""":meth:`Store.claim`: the job's callback ran and was acknowledged."""
+
+_CLAIMS_MAX: Final = 100_000  # acknowledged claims an in-process table remembers
 
 
 class StoreError(LipsyncError):
@@ -65,13 +90,16 @@ class PendingRecord:
 
     ``request`` is the submit's wire form without the receiver URL (it carries the receiver's
     secret, which has no business in a database): ``{"formState": {...}}`` plus ``"webhook"``
-    when the caller gave a URL of their own. ``submitted_at`` is Unix time.
+    when the caller gave a URL of their own. ``submitted_at`` is Unix time. ``owner`` is the
+    worker that owns the job, in a store that knows owners (Redis: the worker id); it is
+    filled by :meth:`Store.pending`, not part of the stored JSON.
     """
 
     id: str
     endpoint: str
     submitted_at: float
     request: Mapping[str, Any] = attrs.field(factory=dict)
+    owner: str | None = None
 
 
 class Store(abc.ABC):
@@ -85,9 +113,33 @@ class Store(abc.ABC):
     #: expects deliveries made to other workers to arrive through the channel.
     shared: bool = False
 
+    #: Seconds between two claims of a job whose completion another live claimant holds.
+    claim_retry: float = 1.0
+
     def __init__(self) -> None:
         self._users = 0
         self._listeners: list[tuple[DeliveryCallback, ResyncCallback | None]] = []
+        self._orphan_hooks: list[ResyncCallback] = []
+        # In-process claims: job id -> the token holding it, or CLAIM_DONE (oldest first).
+        self._claims: OrderedDict[str, int] = OrderedDict()
+        self._fence = itertools.count(1)
+
+    # -- identity ----------------------------------------------------------------------------
+
+    def key(self) -> Hashable | None:
+        """What makes two store objects one store: backend, location and prefix.
+
+        ``None`` (the default, and :class:`~lipsync_async.stores.MemoryStore`) means only this
+        very object is this store.
+        """
+        return None
+
+    def same_as(self, other: Store) -> bool:
+        """True when ``other`` is this store: the same object, or an equal :meth:`key`."""
+        if other is self:
+            return True
+        key = self.key()
+        return key is not None and key == other.key()
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -104,6 +156,7 @@ class Store(abc.ABC):
         self._users -= 1
         if self._users == 0:
             self._listeners.clear()
+            self._orphan_hooks.clear()
             await self._close()
 
     async def _open(self) -> None:
@@ -126,7 +179,11 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def pending(self) -> list[tuple[PendingRecord, JobState | None]]:
-        """Every unfinished job, oldest first, with its final state when one was recorded."""
+        """Every unfinished job, oldest first, with its final state when one was recorded.
+
+        A store with owners (Redis) returns this worker's own jobs and those it adopts now
+        from workers whose lease ran out.
+        """
 
     # -- final states ------------------------------------------------------------------------
 
@@ -167,18 +224,66 @@ class Store(abc.ABC):
         """The job id a delivery carrying ``token`` named, if one was recorded (and is fresh)."""
         return None
 
+    # -- completion claims -------------------------------------------------------------------
+
+    async def claim(self, job_id: str) -> int:
+        """Claim the right to run the completion callback of ``job_id``.
+
+        A fencing token (an int > 0, larger than any given before) when the caller now holds
+        the claim; :data:`CLAIM_HELD` when a live claimant holds it; :data:`CLAIM_DONE` when
+        the callback ran and was acknowledged. A claim whose holder died (a crashed worker's,
+        in a shared store) is taken over with a new token. This default keeps claims in this
+        process (the last 100,000 acknowledged ones), which is exactly once per process.
+        """
+        held = self._claims.get(job_id)
+        if held is not None:
+            return CLAIM_DONE if held == CLAIM_DONE else CLAIM_HELD
+        token = next(self._fence)
+        self._claims[job_id] = token
+        return token
+
+    async def ack(self, job_id: str, token: int) -> bool:
+        """The callback of ``job_id`` returned: mark the claim done, if ``token`` still holds it.
+
+        False when the claim was taken over meanwhile (its holder was thought dead): the
+        callback may then have run twice, which the caller logs.
+        """
+        claims = self._claims
+        if claims.get(job_id) != token:
+            return False
+        claims[job_id] = CLAIM_DONE
+        claims.move_to_end(job_id)
+        if len(claims) > _CLAIMS_MAX:
+            oldest, value = next(iter(claims.items()))
+            if value == CLAIM_DONE:  # a claim in progress is never forgotten
+                del claims[oldest]
+        return True
+
     # -- the channel -------------------------------------------------------------------------
 
     def add_listener(
-        self, on_state: DeliveryCallback, resync: ResyncCallback | None = None
+        self,
+        on_state: DeliveryCallback,
+        resync: ResyncCallback | None = None,
+        orphans: ResyncCallback | None = None,
     ) -> None:
-        """Receive final states announced by other users of this store."""
+        """Receive final states announced by other users of this store.
+
+        ``orphans`` is awaited when a store with owners (Redis) sees jobs whose owner died:
+        the listener adopts them with :meth:`pending`.
+        """
         self._listeners.append((on_state, resync))
+        if orphans is not None:
+            self._orphan_hooks.append(orphans)
         self._listening_changed()
 
-    def remove_listener(self, on_state: DeliveryCallback) -> None:
+    def remove_listener(
+        self, on_state: DeliveryCallback, orphans: ResyncCallback | None = None
+    ) -> None:
         # `!=`, not `is not`: a bound method is a new object at each access, equal but not same.
         self._listeners = [pair for pair in self._listeners if pair[0] != on_state]
+        if orphans is not None:
+            self._orphan_hooks = [hook for hook in self._orphan_hooks if hook != orphans]
         self._listening_changed()
 
     async def ready(self, timeout: float = 5.0) -> bool:

@@ -13,7 +13,12 @@ costs a list append per job and a handful of batched writes, never a task per jo
 What an ending writes: a final state (completed, failed) is recorded; a job the service does
 not know (404) or that ``cancel()`` stopped is dropped from the pending records, so no later
 ``pending()`` resumes it; a job ended by a 401 (this worker's key, not the job) or by the
-client closing stays pending, for a resume.
+client closing stays pending, for a resume. With ``on_complete`` (``_complete.Completions``),
+a final state is recorded, and the job dropped from pending, only once its completion is
+settled: a worker dying inside the callback leaves the job for its adopter.
+
+With a store that has owners (Redis), the store's heartbeat reports workers whose lease
+expired and the link adopts their jobs (:meth:`StoreLink.pending`) on its own.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Final
 
+from .._complete import Completions, OnComplete
 from .._errors import NotFoundError
 from .._job import Job
 from .._models import JobState, Request
@@ -46,7 +52,13 @@ class StoreLink:
     """Binds one client's tracker to a store (see the module docstring)."""
 
     def __init__(
-        self, store: Store, tracker: Tracker, *, vet: Callable[[JobState], None] | None = None
+        self,
+        store: Store,
+        tracker: Tracker,
+        *,
+        vet: Callable[[JobState], None] | None = None,
+        on_complete: OnComplete | None = None,
+        close_timeout: float = _CLOSE_TIMEOUT,
     ) -> None:
         self.store = store
         self._tracker = tracker
@@ -60,11 +72,15 @@ class StoreLink:
         self._flusher: asyncio.Task[None] | None = None
         self._open = False
         self._on_done = self._job_done  # one bound method, shared by every job's callbacks
+        self._close_timeout = close_timeout
+        self.completions = (
+            None if on_complete is None else Completions(on_complete, store, release=self._settled)
+        )
 
     async def open(self) -> None:
         await self.store.open()
         self._open = True
-        self.store.add_listener(self._heard, self._resync)
+        self.store.add_listener(self._heard, self._resync, self._adopt)
         if not await self.store.ready():
             log.warning(
                 "the store's channel is not listening yet; deliveries to other workers "
@@ -76,8 +92,10 @@ class StoreLink:
         if not self._open:
             return
         await asyncio.sleep(0)  # done callbacks the tracker's close just scheduled run first
+        if self.completions is not None:  # settled completions add to what is flushed
+            await self.completions.close(self._close_timeout)
         self._open = False
-        self.store.remove_listener(self._heard)
+        self.store.remove_listener(self._heard, self._adopt)
         try:
             async with asyncio.timeout(_CLOSE_TIMEOUT):
                 while self._flusher is not None:
@@ -143,6 +161,15 @@ class StoreLink:
             jobs.append(job)
         return jobs
 
+    def watch(self, job: Job) -> None:
+        """A job attached by id (``client.job``): its ending is recorded like a submit's."""
+        job.add_done_callback(self._on_done)
+
+    async def _adopt(self) -> None:
+        """The store saw expired workers: take over their jobs (each goes to one worker)."""
+        if self._open:
+            await self.pending()
+
     # -- outcomes ----------------------------------------------------------------------------
 
     def _job_done(self, job: Job) -> None:
@@ -153,11 +180,22 @@ class StoreLink:
             state = job.state
             if error is None or (state is not None and state.is_final):
                 assert state is not None  # noqa: S101 - a completed or failed job has its state
+                if self.completions is not None:
+                    self.completions.job_done(job)  # recorded once settled: _settled
+                    return
                 self._finished.append(state)
             elif isinstance(error, NotFoundError):
                 self._dropped.append(job.id)  # the service does not know it: it never resolves
             else:
                 return  # a 401 (this worker's key), or the client closed: keep it pending
+        if self._flusher is None and self._open:
+            self._flusher = asyncio.get_running_loop().create_task(
+                self._flush(), name="lipsync-store-flush"
+            )
+
+    def _settled(self, state: JobState) -> None:
+        """The job's completion ran and was acknowledged (or was done elsewhere): record it."""
+        self._finished.append(state)
         if self._flusher is None and self._open:
             self._flusher = asyncio.get_running_loop().create_task(
                 self._flush(), name="lipsync-store-flush"

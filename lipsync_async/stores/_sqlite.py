@@ -6,6 +6,13 @@ other for the connection. The database is in WAL mode with ``synchronous=NORMAL`
 costs no fsync (a power cut can lose the last commits, a process crash cannot), and readers
 never block the writer. Final states resolved together are written in one transaction.
 
+Completion claims (``LipsyncClient(on_complete=...)``) live in the file too, so a callback runs
+once per job on this machine, across restarts: a claim names its holder's process id and store
+object; one held by a process that no longer runs (checked with ``kill(pid, 0)``) is taken over
+with a larger token. A process id reused by an unrelated process before the restart would keep
+such a claim held (then that job's callback is not re-run: logged at the retries); the claim
+table is pruned like the final states.
+
 The channel reaches listeners in this process only: SQLite cannot push to another process.
 Several processes may share the file (WAL allows it) and each finds the others' final states
 through :meth:`pending` when it resumes; workers that must resolve each other's deliveries live
@@ -19,13 +26,14 @@ import logging
 import os
 import sqlite3
 import time
-from collections.abc import Callable, Iterable, Sequence
+import uuid
+from collections.abc import Callable, Hashable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TypeVar
 
 from .._models import JobState
-from ._base import PendingRecord, Store, StoreError
+from ._base import CLAIM_DONE, CLAIM_HELD, PendingRecord, Store, StoreError
 from ._records import Unreadable, dump_record, dump_state, load_record, load_state
 
 __all__ = ["SQLiteStore"]
@@ -44,6 +52,9 @@ CREATE TABLE IF NOT EXISTS finals (
 CREATE INDEX IF NOT EXISTS finals_recorded_at ON finals (recorded_at);
 CREATE TABLE IF NOT EXISTS tokens (
     token TEXT PRIMARY KEY, expires_at REAL NOT NULL, job_id TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS claims (
+    id TEXT PRIMARY KEY, token INTEGER NOT NULL, holder TEXT, claimed_at REAL NOT NULL
 );
 """
 _CHUNK = 500  # ids per IN (...) query, well under SQLite's variable limit
@@ -66,6 +77,12 @@ class SQLiteStore(Store):
         self._db: sqlite3.Connection | None = None
         self._executor: ThreadPoolExecutor | None = None
         self._unreadable = Unreadable(f"SQLite store {str(self.path)!r}")
+        self._holder = f"{os.getpid()}:{uuid.uuid4().hex}"  # this store object's claims
+
+    def key(self) -> Hashable:
+        """``("sqlite", the file's absolute path)``."""
+        where = str(self.path) if str(self.path) == ":memory:" else os.path.realpath(self.path)
+        return None if where == ":memory:" else ("sqlite", where)
 
     def __repr__(self) -> str:
         return f"<SQLiteStore {str(self.path)!r} {'open' if self._db is not None else 'closed'}>"
@@ -129,6 +146,10 @@ class SQLiteStore(Store):
             db.executescript(_SCHEMA)
             db.execute("DELETE FROM finals WHERE recorded_at < ?", (time.time() - self.final_ttl,))
             db.execute("DELETE FROM tokens WHERE expires_at < ?", (time.time(),))
+            db.execute(
+                "DELETE FROM claims WHERE holder IS NULL AND claimed_at < ?",
+                (time.time() - self.final_ttl,),
+            )
         except BaseException:
             db.close()
             raise
@@ -240,6 +261,56 @@ class SQLiteStore(Store):
 
         found = await self._call(read)
         return found if isinstance(found, str) and found.isprintable() else None
+
+    # -- completion claims -------------------------------------------------------------------
+
+    async def claim(self, job_id: str) -> int:
+        me = self._holder
+
+        def take(db: sqlite3.Connection) -> int:
+            row = db.execute("SELECT holder FROM claims WHERE id = ?", (job_id,)).fetchone()
+            if row is not None:
+                holder = row[0]
+                if holder is None:
+                    return CLAIM_DONE
+                if holder == me or _alive(holder):
+                    return CLAIM_HELD
+            (token,) = db.execute("SELECT COALESCE(MAX(token), 0) + 1 FROM claims").fetchone()
+            db.execute(
+                "INSERT OR REPLACE INTO claims (id, token, holder, claimed_at) VALUES (?, ?, ?, ?)",
+                (job_id, token, me, time.time()),
+            )
+            return int(token)
+
+        return await self._call(take)
+
+    async def ack(self, job_id: str, token: int) -> bool:
+        def done(db: sqlite3.Connection) -> bool:
+            cur = db.execute(
+                "UPDATE claims SET holder = NULL, claimed_at = ? WHERE id = ? AND token = ?"
+                " AND holder = ?",
+                (time.time(), job_id, token, self._holder),
+            )
+            return cur.rowcount == 1
+
+        return await self._call(done)
+
+
+def _alive(holder: object) -> bool:
+    """Whether the process that holds a claim (``"pid:..."``) still runs on this machine."""
+    try:
+        pid = int(str(holder).split(":", 1)[0])
+    except ValueError:
+        return False  # not one of ours: taken over
+    if pid == os.getpid():
+        return True  # another store object of this process: it is running the callback
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True  # a process we may not signal still runs
+    return True
 
 
 def _decode_text(raw: bytes) -> str:

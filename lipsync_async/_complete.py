@@ -1,0 +1,178 @@
+"""``on_complete``: a callback run once per job, however many ways the job's end is observed.
+
+A job's end can be observed many times over: a delivery and a poll, a duplicated webhook, two
+workers tracking one job (an attach, an adoption while its owner was only cut off), a restart
+that resumes a job whose outcome is known. Users' most expensive bugs in this field are side
+effects run twice (a second asset, a second refund), so the callback is guarded by a claim in
+the store (:meth:`Store.claim <lipsync_async.stores.Store.claim>`):
+
+1. the first final observation of a job claims it atomically and gets a fencing token
+   (tokens only grow); any later observation finds the claim held or done and runs nothing;
+2. the callback runs; whatever it returns or raises (an exception is logged), the claim is then
+   acknowledged (:meth:`~lipsync_async.stores.Store.ack`: *done*, if the token still holds it);
+3. only then is the job's pending record dropped from the store. A worker that dies inside the
+   callback leaves the record and a claim whose holder is dead (Redis: its lease expires); the
+   worker that adopts the job observes its end again, takes the claim over with a larger token
+   and runs the callback again.
+
+So the callback runs **exactly once per job** unless a worker dies (or is cut off from Redis
+for longer than its lease, or its client is closed) while the callback runs: then it runs
+again on the adopter, **at least once** per such crash. A claim found held by another live
+worker is checked again every ``claim_retry`` seconds until it is done (the pending record is
+kept until then, so a holder that dies is covered too).
+
+Where the claims live: Redis, fleet-wide; SQLite, per machine and across restarts (a claim
+whose holder process is gone is taken over); MemoryStore, or no store, this process (the
+last 100,000 acknowledged claims are remembered).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Final
+
+from ._job import Job
+from ._models import JobState
+from .stores._base import CLAIM_DONE, CLAIM_HELD, Store, StoreError
+
+__all__ = ["Completions", "OnComplete"]
+
+log = logging.getLogger("lipsync_async")
+
+OnComplete = Callable[[Job], "Awaitable[object] | object"]
+"""``fn(job)``, sync or async; ``job.state`` is the final state (completed or failed)."""
+
+_ATTEMPTS: Final = 3
+
+
+class Completions:
+    """Runs ``fn`` once per finished job, guarded by ``store``'s claims (see the docstring).
+
+    ``release(state)`` is called once the job's completion is settled (acked, or found done),
+    so that the caller drops its pending record then and not before.
+    """
+
+    def __init__(
+        self,
+        fn: OnComplete,
+        store: Store,
+        *,
+        release: Callable[[JobState], None] | None = None,
+    ) -> None:
+        self._fn = fn
+        self._store = store
+        self._release = release
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._held: dict[str, tuple[Job, JobState]] = {}  # claims a live peer holds
+        self._retrier: asyncio.Task[None] | None = None
+        self._closed = False
+        self.ran = 0  # callbacks run in this process (a figure for tests)
+        self.on_done = self.job_done  # one bound method, shared by every job's callbacks
+
+    def job_done(self, job: Job) -> None:
+        """A job ended: a final one is claimed and completed in a task of its own."""
+        state = job.state
+        if self._closed or job.cancelled() or state is None or not state.is_final:
+            return
+        self._start(self._complete(job, state))
+
+    def _start(self, coro: Awaitable[None]) -> None:
+        task: asyncio.Task[None] = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _store_call(self, what: str, call: Callable[[], Awaitable[int | bool]]) -> int | bool:
+        for attempt in range(_ATTEMPTS):
+            try:
+                return await call()
+            except StoreError as exc:
+                if attempt + 1 == _ATTEMPTS:
+                    raise
+                log.debug("%s failed (%s); retrying", what, exc)
+                await asyncio.sleep(0.1 * 2**attempt)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _complete(self, job: Job, state: JobState) -> None:
+        try:
+            token = await self._store_call(
+                "claiming a completion", lambda: self._store.claim(job.id)
+            )
+        except StoreError as exc:
+            # Not run now; the job stays pending in the store, so a resume or an adoption
+            # observes it again and claims it then.
+            log.warning(
+                "job %r: cannot claim its completion (%s): on_complete not run", job.id, exc
+            )
+            return
+        if token == CLAIM_DONE:
+            self._settled(state)
+            return
+        if token == CLAIM_HELD:
+            self._held[job.id] = (job, state)
+            if self._retrier is None:
+                self._retrier = asyncio.get_running_loop().create_task(self._retry_held())
+            return
+        await self._run(job, state, int(token))
+
+    async def _run(self, job: Job, state: JobState, token: int) -> None:
+        try:
+            result = self._fn(job)
+            if inspect.isawaitable(result):
+                await result
+        except Exception:
+            log.exception("on_complete failed for job %r (it is not run again)", job.id)
+        self.ran += 1
+        try:
+            acked = await self._store_call(
+                "acknowledging a completion", lambda: self._store.ack(job.id, token)
+            )
+        except StoreError as exc:
+            # Not acked: the claim stays held until this worker's lease ends, and the record
+            # stays pending, so an adopter may run it again (at least once, never zero).
+            log.warning("job %r: on_complete ran but cannot be acknowledged (%s)", job.id, exc)
+            return
+        if not acked:
+            log.warning(
+                "job %r: its completion claim was taken over while on_complete ran (this "
+                "worker was thought dead): on_complete may have run twice",
+                job.id,
+            )
+        self._settled(state)
+
+    def _settled(self, state: JobState) -> None:
+        if self._release is not None:
+            self._release(state)
+
+    async def _retry_held(self) -> None:
+        try:
+            while self._held:
+                await asyncio.sleep(self._store.claim_retry)
+                for job_id, (job, state) in list(self._held.items()):
+                    del self._held[job_id]
+                    self._start(self._complete(job, state))
+        finally:
+            self._retrier = None
+
+    async def close(self, timeout: float) -> None:
+        """Let running callbacks finish within ``timeout``, then cancel them (claims stay)."""
+        self._closed = True
+        if self._retrier is not None:
+            self._retrier.cancel()
+            await asyncio.gather(self._retrier, return_exceptions=True)
+        self._held.clear()
+        if not self._tasks:
+            return
+        _, running = await asyncio.wait(set(self._tasks), timeout=timeout)
+        if running:
+            log.warning(
+                "closing: %d on_complete callback(s) still running after %s s were cancelled; "
+                "their jobs stay claimed and pending, and run again where they are resumed",
+                len(running),
+                timeout,
+            )
+            for task in running:
+                task.cancel()
+            await asyncio.gather(*running, return_exceptions=True)
