@@ -14,7 +14,8 @@ line on stdin and prints one JSON event per line on stdout:
 * ``{"cmd": "stop"}`` or end of input: close the client (a clean close) and print ``closed``.
 
 Every job this worker tracks prints ``done`` when it ends, with its final state in the
-service's JSON names, so the test can compare it with the emulator's record even for a worker
+service's JSON names (and ``complete`` from ``on_complete``, which runs once per job
+fleet-wide), so the test can compare it with the emulator's record even for a worker
 it later kills. Every wait is bounded: a submit by the client's own timeouts, the whole
 process by ``--max-seconds``.
 """
@@ -45,6 +46,11 @@ def on_done(job: Job) -> None:
         emit("ended", id=job.id, why=repr(job.exception()) if not job.cancelled() else "cancel")
         return
     emit("done", id=job.id, state=state.to_wire())
+
+
+def on_complete(job: Job) -> None:
+    """The fleet-wide once-per-job callback: the test counts these across all workers."""
+    emit("complete", id=job.id)
 
 
 def store_stats(client: LipsyncClient) -> dict[str, Any]:
@@ -128,6 +134,7 @@ async def main(args: argparse.Namespace) -> None:
         store=store,
         poll_interval=args.poll_interval,
         webhook_grace=args.grace,
+        on_complete=on_complete,
     )
     async with asyncio.timeout(args.max_seconds):
         async with client:

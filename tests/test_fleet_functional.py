@@ -19,6 +19,8 @@ same worker id (well within its lease, so no live worker adopted its jobs meanwh
 
 * every one of the 600 jobs resolved to the emulator's record (status, output, error);
 * 0 jobs created twice: 600 submits reached the emulator and it holds 600 jobs;
+* ``on_complete`` ran once per job across the fleet (twice at most for an orphan whose
+  callback the SIGKILL cut short);
 * ``pending()`` gave the restarted worker its own orphans and none of the live workers' jobs;
 * status reads from the restart to the end at most 1.1x the orphans (the restarted worker
   reads only its own, not the whole fleet's pending jobs).
@@ -33,7 +35,7 @@ import secrets
 import signal
 import sys
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -278,5 +280,13 @@ async def test_a_fleet_behind_nginx_survives_a_killed_worker_and_a_redis_restart
     for job_id in submitted:
         states = ends.get(job_id) or [from_store[job_id].to_wire()]
         assert all(seen(s) == truth(fake, job_id) for s in states), job_id
+    # on_complete ran once per job across the fleet; twice only for an orphan whose callback
+    # the SIGKILL cut short (its claim not yet acknowledged: the restarted worker runs it).
+    completes = Counter(
+        e["id"] for w in (victim, *workers.values()) for e in w.events if e["event"] == "complete"
+    )
+    assert set(completes) == set(submitted)
+    twice = {i for i, n in completes.items() if n != 1}
+    assert twice <= set(orphaned) and len(twice) <= 2, completes
     # Reads after the restart: the orphans only, not the whole fleet's pending jobs.
     assert reads_after <= 1.1 * len(orphaned), (reads_after, len(orphaned))
