@@ -1,16 +1,29 @@
-"""Deliveries per second routed through Redis between two processes, against in-process baselines.
+"""Deliveries routed through Redis by fleet size: owner's channel against broadcast, one run.
 
-Two pairs, each measured in the same run:
+A fleet of K worker processes (K = 2, 4, 8), each light: one ``LipsyncClient`` with a
+``WebhookReceiver`` and a ``RedisStore``, holding its share of M pending jobs (recorded in the
+store as its own, attached with ``client.job(id)``; no API request is ever made). The benchmark
+process POSTs one webhook per job, always to a worker that does not own the job (worker
+``owner + 1``: the load balancer's worst case), so every delivery crosses Redis: the receiving
+worker records it and the owner's job resolves. Two designs, measured alike, interleaved:
 
-* **store level**: N final states recorded by one process resolve N ``Job``s awaited in another
-  (``RedisStore.record_final`` -> Lua ``SET NX`` + ``PUBLISH`` -> subscriber -> tracker), against
-  the same N states matched in-process through a ``MemoryStore``;
-* **webhook level**: N webhook POSTs land on worker B's receiver and resolve the jobs awaited on
-  worker A through Redis, against the same N POSTs landing on A's own receiver (no store).
+* **routed** (the store today): the record script publishes to the owner's channel only;
+  each worker subscribes to its own;
+* **broadcast** (the store before issue 14, kept here as the baseline): the same store, but
+  every worker also listens to every worker's channel (one ``PSUBSCRIBE``), so each delivery
+  reaches every worker, as the old single ``{prefix}:deliveries`` channel did.
 
-Usage: ``python benchmarks/bench_redis_routing.py [--jobs 20000] [--posts 5000]``. Starts its
-own ``redis-server`` on a free loopback port unless ``--redis-url`` is given. The routed figure
-is what one awaiting worker absorbs; the ratio says what crossing processes costs.
+Per design and K: deliveries per second (first POST to the last job resolved at its owner),
+Redis commands per delivery (``INFO commandstats`` deltas, ``info`` itself excluded; the
+commands a script runs count, and so do the script calls: a receiver records the deliveries
+that arrive while its previous call is in flight in one call, so smaller batches on more
+receivers add a fraction of a call per delivery), channel
+messages the workers received per delivery, and CPU per delivery of redis-server and of the
+workers together. The ratio column is routed against broadcast at the same K.
+
+Usage: ``python benchmarks/bench_redis_routing.py [--deliveries 3000] [--sizes 2,4,8]``
+(``--quick``: 1,200). Starts its own ``redis-server`` on a free loopback port. Every wait is
+bounded in time (``--max-seconds`` per measurement).
 """
 
 from __future__ import annotations
@@ -28,20 +41,20 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import aiohttp
+from _bench import emit, fmt, table
 
-from lipsync_async import Job, JobState, JobStatus, LipsyncClient, WebhookReceiver
-from lipsync_async.stores import MemoryStore, PendingRecord, RedisStore, Store
+from lipsync_async import Job, LipsyncClient, WebhookReceiver
+from lipsync_async.stores import PendingRecord, RedisStore
 
 SECRET = "bench-secret-0123456789abcdef"  # noqa: S105 - a loopback benchmark's URL token
 KEY = "sk_bench_not_used"  # no API request is ever made: jobs are attached, not submitted
 BASE = "http://127.0.0.1:9"
 HERE = str(Path(__file__).resolve())
-
-
-def _state(job_id: str) -> JobState:
-    return JobState(id=job_id, status=JobStatus.COMPLETED, output="https://cdn.example.com/o.mp4")
+DESIGNS = ("broadcast", "routed")
+CONCURRENCY = 64
 
 
 def _body(job_id: str) -> bytes:
@@ -60,12 +73,10 @@ def _free_port() -> int:
 
 
 @contextmanager
-def _redis_server() -> Iterator[str]:
+def _redis_server() -> Iterator[int]:
     binary = shutil.which("redis-server")
     if binary is None:
-        sys.exit(
-            "redis-server is not installed (apt-get install redis-server), or pass --redis-url"
-        )
+        sys.exit("redis-server is not installed (apt-get install redis-server)")
     port = _free_port()
     with tempfile.TemporaryDirectory() as tmp:
         proc = subprocess.Popen(
@@ -80,204 +91,258 @@ def _redis_server() -> Iterator[str]:
                     break
                 except OSError:
                     time.sleep(0.01)
-            yield f"redis://127.0.0.1:{port}/0"
+            yield port
         finally:
             proc.terminate()
             proc.wait(5)
 
 
-# -- the other process -----------------------------------------------------------------------
+# -- the broadcast baseline --------------------------------------------------------------------
 
 
-async def _child(args: argparse.Namespace) -> None:
-    """``publish``: record N final states when told; ``receive``: a worker's receiver."""
-    store = RedisStore(args.redis_url, prefix=args.prefix)
-    loop = asyncio.get_running_loop()
-    if args.child == "publish":
-        await store.open()
-        print("ready", flush=True)
-        await loop.run_in_executor(None, sys.stdin.readline)
-        ids = [f"{args.prefix}-{i}" for i in range(args.jobs)]
-        sem = asyncio.Semaphore(64)
+class BroadcastStore(RedisStore):
+    """The store as it was before issue 14: every delivery reaches every worker.
 
-        async def one(job_id: str) -> None:
-            async with sem:
-                await store.record_final(_state(job_id))
-
-        await asyncio.gather(*(one(i) for i in ids))
-        await store.close()
-    else:
-        receiver = WebhookReceiver(port=args.port, secret=SECRET, store=store)
-        async with receiver:
-            print("ready", flush=True)
-            await loop.run_in_executor(None, sys.stdin.readline)
-
-
-async def _spawn(*args: str) -> asyncio.subprocess.Process:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, HERE, *args,
-        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-    )  # fmt: skip
-    assert proc.stdout is not None
-    line = await asyncio.wait_for(proc.stdout.readline(), 30)
-    if line.strip() != b"ready":
-        raise RuntimeError(f"child failed to start: {line!r}")
-    return proc
-
-
-async def _stop(proc: asyncio.subprocess.Process) -> None:
-    assert proc.stdin is not None
-    if proc.returncode is None:
-        proc.stdin.write(b"stop\n")
-        await proc.stdin.drain()
-    await asyncio.wait_for(proc.wait(), 30)
-
-
-# -- measurements ------------------------------------------------------------------------------
-
-
-def _countdown(client: LipsyncClient, ids: list[str]) -> asyncio.Event:
-    """An event set when every job has resolved.
-
-    Awaiting an attached job would start polling it (there is no service here): a waiter
-    callback observes resolution without asking for a status read.
+    Same scripts and keys as :class:`RedisStore`; its subscriber listens to every worker's
+    channel (``PSUBSCRIBE {prefix}:to:*``) instead of its own. Redis then sends each delivery
+    to all K workers, and each one parses it and drops what it does not track: what the single
+    ``{prefix}:deliveries`` channel cost. ``heard`` counts every message received. (No
+    reconnects or resync: the benchmark's Redis does not go away.)
     """
-    done = asyncio.Event()
+
+    heard = 0
+
+    async def _subscribe_forever(self) -> None:
+        client = self._client(0)
+        pubsub = client.pubsub(ignore_subscribe_messages=True)
+        try:
+            await pubsub.psubscribe(self._head + "to:*")
+            self._subscribed.set()
+            while True:
+                message = await pubsub.get_message(timeout=1.0)
+                if message is not None and message.get("type") == "pmessage":
+                    self.heard += 1
+                    self._on_message(message["data"])
+        finally:
+            self._subscribed.clear()
+            await pubsub.aclose()  # type: ignore[no-untyped-call]
+            await client.aclose()
+
+
+# -- a worker process ----------------------------------------------------------------------------
+
+
+def _store(design: str, url: str, prefix: str) -> RedisStore:
+    return (BroadcastStore if design == "broadcast" else RedisStore)(url, prefix=prefix)
+
+
+def _heard(store: RedisStore) -> int:
+    return int(getattr(store, "heard", 0) or store.routed)
+
+
+async def _worker(args: argparse.Namespace) -> None:
+    """Hold ``args.ids`` pending (owned by this worker), receive on ``args.port``; report."""
+    store = _store(args.design, args.redis_url, args.prefix)
+    receiver = WebhookReceiver(port=args.port, secret=SECRET, store=store)
+    client = LipsyncClient(
+        KEY, base_url=BASE, webhook=receiver, store=store, poll_interval=3600,
+        webhook_grace=3600,
+    )  # fmt: skip
+    loop = asyncio.get_running_loop()
+    ids: list[str] = json.loads(args.ids)
     left = len(ids)
+    finished = 0.0
 
     def one(_: Job) -> None:
-        nonlocal left
+        nonlocal left, finished
         left -= 1
         if left == 0:
-            done.set()
+            finished = time.time()
+            print(json.dumps({"done": finished}), flush=True)
 
-    for i in ids:
-        client.job(i).add_done_callback(one)
-    return done
+    async with client:
+        sem = asyncio.Semaphore(32)
 
+        async def record(job_id: str) -> None:
+            async with sem:
+                await store.add_pending(
+                    PendingRecord(id=job_id, endpoint="lipsync-image", submitted_at=time.time())
+                )
 
-async def _own(store: Store, ids: list[str]) -> None:
-    """Record the jobs as this worker's: a RedisStore routes a delivery to its job's owner."""
-    sem = asyncio.Semaphore(64)
-
-    async def one(job_id: str) -> None:
-        async with sem:
-            await store.add_pending(
-                PendingRecord(id=job_id, endpoint="lipsync-image", submitted_at=time.time())
-            )
-
-    await asyncio.gather(*(one(i) for i in ids))
-
-
-async def _all_done(done: asyncio.Event, started: float) -> float:
-    await asyncio.wait_for(done.wait(), 300)
-    return time.perf_counter() - started
+        await asyncio.gather(*(record(i) for i in ids))
+        for job_id in ids:
+            client.job(job_id).add_done_callback(one)  # a callback: awaiting would poll
+        cpu0 = time.process_time()
+        print(json.dumps({"ready": True}), flush=True)
+        await loop.run_in_executor(None, sys.stdin.readline)  # "stop"
+        report = {"cpu": time.process_time() - cpu0, "heard": _heard(store), "left": left}
+        print(json.dumps(report), flush=True)
 
 
-async def store_memory(n: int) -> float:
-    store = MemoryStore()
-    async with LipsyncClient(KEY, base_url=BASE, store=store, poll_interval=3600) as client:
-        ids = [f"m-{i}" for i in range(n)]
-        done = _countdown(client, ids)
-        started = time.perf_counter()
-        for i in ids:
-            await store.record_final(_state(i))
-        return await _all_done(done, started)
+class Worker:
+    def __init__(self, proc: asyncio.subprocess.Process, port: int) -> None:
+        self.proc = proc
+        self.port = port
+
+    async def line(self, limit: float) -> dict[str, Any]:
+        assert self.proc.stdout is not None
+        raw = await asyncio.wait_for(self.proc.stdout.readline(), limit)
+        if not raw:
+            raise RuntimeError(f"worker exited ({await self.proc.wait()})")
+        out: dict[str, Any] = json.loads(raw)
+        return out
+
+    async def stop(self, limit: float) -> dict[str, Any]:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(b"stop\n")
+        await self.proc.stdin.drain()
+        report = await self.line(limit)
+        await asyncio.wait_for(self.proc.wait(), limit)
+        return report
 
 
-async def store_redis(n: int, url: str) -> float:
-    prefix = "b" + secrets.token_hex(4)
-    store = RedisStore(url, prefix=prefix)
-    async with LipsyncClient(KEY, base_url=BASE, store=store, poll_interval=3600) as client:
-        ids = [f"{prefix}-{i}" for i in range(n)]
-        done = _countdown(client, ids)
-        await _own(store, ids)
-        child = await _spawn("--child", "publish", "--redis-url", url, "--prefix", prefix,
-                             "--jobs", str(n))  # fmt: skip
-        assert child.stdin is not None
-        started = time.perf_counter()
-        child.stdin.write(b"go\n")
-        await child.stdin.drain()
-        elapsed = await _all_done(done, started)
-        await asyncio.wait_for(child.wait(), 30)
-        return elapsed
-
-
-async def _post_all(url: str, ids: list[str]) -> None:
-    sem = asyncio.Semaphore(64)
-    headers = {"Content-Type": "application/json"}
-    async with aiohttp.ClientSession() as session:
-
-        async def one(job_id: str) -> None:
-            async with sem, session.post(url, data=_body(job_id), headers=headers) as response:
-                await response.read()
-                if response.status != 200:
-                    raise RuntimeError(f"delivery answered {response.status}")
-
-        await asyncio.gather(*(one(i) for i in ids))
-
-
-async def webhook_direct(n: int) -> float:
-    receiver = WebhookReceiver(secret=SECRET)
-    async with LipsyncClient(KEY, base_url=BASE, webhook=receiver, poll_interval=3600) as client:
-        ids = [f"d-{i}" for i in range(n)]
-        done = _countdown(client, ids)
-        started = time.perf_counter()
-        await _post_all(receiver.url, ids)
-        return await _all_done(done, started)
-
-
-async def webhook_routed(n: int, url: str) -> float:
-    prefix = "w" + secrets.token_hex(4)
+async def _spawn(design: str, url: str, prefix: str, ids: list[str]) -> Worker:
     port = _free_port()
-    store: Store = RedisStore(url, prefix=prefix)
-    async with LipsyncClient(KEY, base_url=BASE, store=store, poll_interval=3600) as client:
-        ids = [f"{prefix}-{i}" for i in range(n)]
-        done = _countdown(client, ids)
-        await _own(store, ids)
-        child = await _spawn("--child", "receive", "--redis-url", url, "--prefix", prefix,
-                             "--port", str(port))  # fmt: skip
-        try:
-            started = time.perf_counter()
-            await _post_all(f"http://127.0.0.1:{port}/webhooks/lipsync/{SECRET}", ids)
-            return await _all_done(done, started)
-        finally:
-            await _stop(child)
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, HERE, "--child", design, "--redis-url", url, "--prefix", prefix,
+        "--port", str(port), "--ids", json.dumps(ids),
+        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    return Worker(proc, port)
 
 
-async def run(args: argparse.Namespace, url: str) -> None:
-    rows: list[tuple[str, str, int, float, float]] = []
-    base = await store_memory(args.jobs)
-    rows.append(("store", "in-process, MemoryStore (baseline)", args.jobs, base, base))
-    routed = await store_redis(args.jobs, url)
-    rows.append(("store", "two processes, RedisStore pub/sub", args.jobs, routed, base))
-    base = await webhook_direct(args.posts)
-    rows.append(("webhook", "POST to the awaiting worker (baseline)", args.posts, base, base))
-    routed = await webhook_routed(args.posts, url)
-    rows.append(("webhook", "POST to another worker, via Redis", args.posts, routed, base))
+# -- measuring -----------------------------------------------------------------------------------
 
-    print(f"{'level':<8} {'path':<40} {'deliveries':>10} {'seconds':>8} {'per s':>9} {'ratio':>6}")
-    for level, path, n, seconds, baseline in rows:
-        ratio = (n / seconds) / (n / baseline)
-        print(f"{level:<8} {path:<40} {n:>10} {seconds:>8.3f} {n / seconds:>9,.0f} {ratio:>6.2f}")
+
+def _redis_counters(port: int) -> tuple[int, int, float]:
+    """Commands executed so far (``info`` excluded; a script's own commands included), of
+    which script calls (``EVALSHA``/``EVAL``), and redis-server's CPU seconds."""
+    import redis
+
+    with redis.Redis(port=port) as r:
+        stats: dict[str, Any] = r.info("commandstats")
+        cpu: dict[str, Any] = r.info("cpu")
+    calls = sum(int(v["calls"]) for k, v in stats.items() if k != "cmdstat_info")
+    scripts = sum(
+        int(stats.get(k, {}).get("calls", 0)) for k in ("cmdstat_evalsha", "cmdstat_eval")
+    )
+    return calls, scripts, float(cpu["used_cpu_user"]) + float(cpu["used_cpu_sys"])
+
+
+async def _post_all(targets: list[tuple[str, str]]) -> None:
+    it = iter(targets)
+    headers = {"Content-Type": "application/json"}
+    connector = aiohttp.TCPConnector(limit=CONCURRENCY)
+    async with aiohttp.ClientSession(connector=connector) as session:
+
+        async def poster() -> None:
+            for url, job_id in it:
+                async with session.post(url, data=_body(job_id), headers=headers) as response:
+                    await response.read()
+                    if response.status != 200:
+                        raise RuntimeError(f"delivery answered {response.status}")
+
+        await asyncio.gather(*(poster() for _ in range(CONCURRENCY)))
+
+
+async def measure(design: str, size: int, n: int, port: int, limit: float) -> dict[str, Any]:
+    url = f"redis://127.0.0.1:{port}/0"
+    prefix = "r" + secrets.token_hex(4)
+    ids = [f"{prefix}-{i}" for i in range(n)]
+    owned = [ids[w::size] for w in range(size)]
+    workers = [await _spawn(design, url, prefix, owned[w]) for w in range(size)]
+    try:
+        for w in workers:
+            ready = await w.line(limit)
+            assert ready.get("ready"), ready
+        # Delivery i goes to the worker after its owner's: every one crosses Redis.
+        targets = [
+            (f"http://127.0.0.1:{workers[(i + 1) % size].port}/webhooks/lipsync/{SECRET}", job)
+            for i, job in enumerate(ids)
+        ]
+        calls0, scripts0, cpu0 = await asyncio.to_thread(_redis_counters, port)
+        started = time.time()
+        async with asyncio.timeout(limit):
+            await _post_all(targets)
+            done = [await w.line(limit) for w in workers]
+        elapsed = max(d["done"] for d in done) - started
+        calls1, scripts1, cpu1 = await asyncio.to_thread(_redis_counters, port)
+        reports = [await w.stop(limit) for w in workers]
+    finally:
+        for w in workers:
+            if w.proc.returncode is None:
+                w.proc.kill()
+                await w.proc.wait()
+    assert all(r["left"] == 0 for r in reports), reports
+    return {
+        "design": design,
+        "workers": size,
+        "deliveries": n,
+        "seconds": elapsed,
+        "per_s": n / elapsed,
+        "commands": (calls1 - calls0) / n,
+        "scripts": (scripts1 - scripts0) / n,
+        "messages": sum(r["heard"] for r in reports) / n,
+        "redis_us": (cpu1 - cpu0) / n * 1e6,
+        "workers_us": sum(r["cpu"] for r in reports) / n * 1e6,
+    }
+
+
+async def run(args: argparse.Namespace, port: int) -> None:
+    results: list[dict[str, Any]] = []
+    for size in args.sizes:
+        for design in DESIGNS:
+            row = await measure(design, size, args.deliveries, port, args.max_seconds)
+            print(
+                f"  {design:<9} K={size}: {row['per_s']:,.0f}/s, {row['commands']:.2f} "
+                f"commands, {row['messages']:.2f} messages per delivery",
+                file=sys.stderr,
+            )
+            results.append(row)
+    by = {(r["design"], r["workers"]): r for r in results}
+    rows = []
+    for size in args.sizes:
+        for design in DESIGNS:
+            r, base = by[(design, size)], by[("broadcast", size)]
+            rows.append([
+                design, str(size), fmt(r["deliveries"]), fmt(r["per_s"]),
+                f"{r['per_s'] / base['per_s']:.2f}x", fmt(r["commands"], 2), fmt(r["scripts"], 2),
+                fmt(r["messages"], 2), fmt(r["redis_us"]), fmt(r["workers_us"]),
+            ])  # fmt: skip
+    title = (
+        f"Routing by fleet size ({args.deliveries:,} webhook deliveries per run, each POSTed "
+        "to a worker that does not own the job; redis-server on 127.0.0.1; ratio: deliveries/s "
+        "against broadcast at the same K)"
+    )
+    headers = [
+        "design", "workers", "deliveries", "deliveries/s", "ratio", "Redis cmds/delivery",
+        "of which script calls",
+        "messages/delivery", "Redis CPU us/delivery", "workers CPU us/delivery",
+    ]  # fmt: skip
+    emit("redis_routing", table(title, headers, rows), {"results": results})
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--jobs", type=int, default=20_000, help="store-level deliveries")
-    parser.add_argument("--posts", type=int, default=5_000, help="webhook-level deliveries")
-    parser.add_argument("--redis-url", default=None)
-    parser.add_argument("--child", choices=["publish", "receive"], help=argparse.SUPPRESS)
-    parser.add_argument("--prefix", default="bench", help=argparse.SUPPRESS)
-    parser.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--deliveries", type=int, default=3000)
+    parser.add_argument("--sizes", default="2,4,8")
+    parser.add_argument("--quick", action="store_true", help="1,200 deliveries per run")
+    parser.add_argument("--max-seconds", type=float, default=120.0, help="per wait")
+    parser.add_argument("--child", choices=DESIGNS, help=argparse.SUPPRESS)
+    parser.add_argument("--redis-url", help=argparse.SUPPRESS)
+    parser.add_argument("--prefix", help=argparse.SUPPRESS)
+    parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--ids", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        asyncio.run(_child(args))
-    elif args.redis_url:
-        asyncio.run(run(args, args.redis_url))
-    else:
-        with _redis_server() as url:
-            asyncio.run(run(args, url))
+        args.design = args.child
+        asyncio.run(_worker(args))
+        return
+    args.sizes = [int(s) for s in args.sizes.split(",")]
+    if args.quick:
+        args.deliveries = 1200
+    with _redis_server() as port:
+        asyncio.run(run(args, port))
 
 
 if __name__ == "__main__":

@@ -1,6 +1,8 @@
-"""Start a real nginx on loopback in front of a local server, from ``tests/nginx/*.conf``.
+"""Start a real nginx on loopback in front of local servers, from ``tests/nginx/*.conf``.
 
-Shared by ``tests/test_keepalive_functional.py`` and ``benchmarks/bench_keepalive.py``. nginx
+Shared by ``tests/test_keepalive_functional.py`` and ``benchmarks/bench_keepalive.py``
+(:func:`nginx_proxy`, one upstream) and ``tests/test_fleet_functional.py``
+(:func:`nginx_balancer`, round-robin over a fleet's receivers). nginx
 is a system package (CI installs it in ``.ci/run``); :data:`NGINX` is ``None`` when it is
 absent, and the test skips with that reason.
 """
@@ -15,13 +17,13 @@ import tempfile
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-__all__ = ["NGINX", "NO_NGINX", "nginx_proxy"]
+__all__ = ["NGINX", "NO_NGINX", "nginx_balancer", "nginx_proxy"]
 
 NGINX = shutil.which("nginx") or next(
     (p for p in ("/usr/sbin/nginx", "/usr/local/sbin/nginx") if Path(p).exists()), None
 )
 NO_NGINX = "nginx is not installed (.ci/run installs it with apt-get)"
-_CONF = Path(__file__).resolve().parent / "nginx" / "keepalive.conf"
+_CONFS = Path(__file__).resolve().parent / "nginx"
 
 
 def _free_port() -> int:
@@ -55,17 +57,34 @@ async def nginx_proxy(upstream_port: int, *, keepalive_timeout: float) -> AsyncI
 
     ``keepalive_timeout`` (seconds) is how long nginx keeps an idle client connection.
     """
+    values = {
+        "UPSTREAM": str(upstream_port),
+        "KEEPALIVE": f"{int(keepalive_timeout * 1000)}ms",
+    }
+    async with _nginx("keepalive.conf", values) as port:
+        yield port
+
+
+@contextlib.asynccontextmanager
+async def nginx_balancer(upstream_ports: list[int]) -> AsyncIterator[int]:
+    """nginx on ``127.0.0.1:{port}``, round-robin over ``127.0.0.1:{p}`` for each upstream
+    port; yields ``port``. An upstream that refuses a connection is skipped for a second."""
+    servers = "\n".join(
+        f"        server 127.0.0.1:{p} max_fails=1 fail_timeout=1s;" for p in upstream_ports
+    )
+    async with _nginx("roundrobin.conf", {"UPSTREAMS": servers}) as port:
+        yield port
+
+
+@contextlib.asynccontextmanager
+async def _nginx(name: str, values: dict[str, str]) -> AsyncIterator[int]:
     if NGINX is None:
         raise RuntimeError(NO_NGINX)
     with tempfile.TemporaryDirectory(prefix="lipsync-nginx-") as tmp:
         port = _free_port()
-        conf = (
-            _CONF.read_text()
-            .replace("@DIR@", tmp)
-            .replace("@PORT@", str(port))
-            .replace("@UPSTREAM@", str(upstream_port))
-            .replace("@KEEPALIVE@", f"{int(keepalive_timeout * 1000)}ms")
-        )
+        conf = (_CONFS / name).read_text().replace("@DIR@", tmp).replace("@PORT@", str(port))
+        for key, value in values.items():
+            conf = conf.replace(f"@{key}@", value)
         path = Path(tmp) / "nginx.conf"
         path.write_text(conf)
         proc = await asyncio.create_subprocess_exec(

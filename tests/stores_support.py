@@ -27,10 +27,16 @@ def free_port() -> int:
 
 
 class RedisServer:
-    """``redis-server`` on a free loopback port, no persistence, in a temporary directory."""
+    """``redis-server`` on a free loopback port, in a temporary directory.
 
-    def __init__(self) -> None:
+    No persistence by default; with ``aof=True``, the append-only file is on (``appendfsync
+    always``), so a :meth:`stop` then :meth:`start` (same port, same directory) comes back
+    with every write acknowledged before the stop.
+    """
+
+    def __init__(self, *, aof: bool = False) -> None:
         assert REDIS_SERVER is not None
+        self.aof = aof
         self.port = free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self._dir = tempfile.TemporaryDirectory(prefix="lipsync-redis-")
@@ -48,7 +54,9 @@ class RedisServer:
                 "--save",
                 "",
                 "--appendonly",
-                "no",
+                "yes" if self.aof else "no",
+                "--appendfsync",
+                "always",
                 "--dir",
                 self._dir.name,
             ],
