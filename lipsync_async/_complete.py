@@ -21,6 +21,14 @@ again on the adopter, **at least once** per such crash. A claim found held by an
 worker is checked again every ``claim_retry`` seconds until it is done (the pending record is
 kept until then, so a holder that dies is covered too).
 
+**A store outage loses nothing.** A claim or an acknowledgement the store cannot take (after
+a few quick retries) joins the same retry set and is tried again every ``claim_retry``
+seconds for as long as the client is open: a job that ends while Redis is down gets its
+callback once Redis is back, and a callback that ran is only acknowledged, never run again
+by this process. One WARNING says the store is failing and an INFO that it answers again (not
+one per job). Closed before the store came back, the claims stay where they are and the
+records stay pending: the worker's next run (or the adopter) completes them, at least once.
+
 Where the claims live: Redis, fleet-wide; SQLite, per machine and across restarts (a claim
 whose holder process is gone is taken over); MemoryStore, or no store, this process (the
 last 100,000 acknowledged claims are remembered).
@@ -66,8 +74,11 @@ class Completions:
         self._store = store
         self._release = release
         self._tasks: set[asyncio.Task[None]] = set()
-        self._held: dict[str, tuple[Job, JobState]] = {}  # claims a live peer holds
+        # Completions to try again: None, a claim (held by a live peer, or the store failed);
+        # a token, an acknowledgement the store failed to take after the callback ran.
+        self._held: dict[str, tuple[Job, JobState, int | None]] = {}
         self._retrier: asyncio.Task[None] | None = None
+        self._down = False  # the store failed since its last success: warned once
         self._closed = False
         self.ran = 0  # callbacks run in this process (a figure for tests)
         self.on_done = self.job_done  # one bound method, shared by every job's callbacks
@@ -87,12 +98,17 @@ class Completions:
     async def _store_call(self, what: str, call: Callable[[], Awaitable[int | bool]]) -> int | bool:
         for attempt in range(_ATTEMPTS):
             try:
-                return await call()
+                result = await call()
             except StoreError as exc:
                 if attempt + 1 == _ATTEMPTS:
                     raise
                 log.debug("%s failed (%s); retrying", what, exc)
                 await asyncio.sleep(0.1 * 2**attempt)
+            else:
+                if self._down:
+                    self._down = False
+                    log.info("the store answers again; waiting completions go ahead")
+                return result
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def _complete(self, job: Job, state: JobState) -> None:
@@ -101,19 +117,13 @@ class Completions:
                 "claiming a completion", lambda: self._store.claim(job.id)
             )
         except StoreError as exc:
-            # Not run now; the job stays pending in the store, so a resume or an adoption
-            # observes it again and claims it then.
-            log.warning(
-                "job %r: cannot claim its completion (%s): on_complete not run", job.id, exc
-            )
+            self._later(job, state, None, f"cannot claim the completion of job {job.id!r}", exc)
             return
         if token == CLAIM_DONE:
             self._settled(state)
             return
         if token == CLAIM_HELD:
-            self._held[job.id] = (job, state)
-            if self._retrier is None:
-                self._retrier = asyncio.get_running_loop().create_task(self._retry_held())
+            self._later(job, state, None)
             return
         await self._run(job, state, int(token))
 
@@ -125,14 +135,17 @@ class Completions:
         except Exception:
             log.exception("on_complete failed for job %r (it is not run again)", job.id)
         self.ran += 1
+        await self._ack(job, state, token)
+
+    async def _ack(self, job: Job, state: JobState, token: int) -> None:
         try:
             acked = await self._store_call(
                 "acknowledging a completion", lambda: self._store.ack(job.id, token)
             )
         except StoreError as exc:
-            # Not acked: the claim stays held until this worker's lease ends, and the record
-            # stays pending, so an adopter may run it again (at least once, never zero).
-            log.warning("job %r: on_complete ran but cannot be acknowledged (%s)", job.id, exc)
+            # The callback ran: only the acknowledgement is tried again, never the callback.
+            what = f"on_complete ran for job {job.id!r} but cannot be acknowledged"
+            self._later(job, state, token, what, exc)
             return
         if not acked:
             log.warning(
@@ -142,6 +155,33 @@ class Completions:
             )
         self._settled(state)
 
+    def _later(
+        self,
+        job: Job,
+        state: JobState,
+        token: int | None,
+        what: str = "",
+        exc: StoreError | None = None,
+    ) -> None:
+        """Try the claim (``token`` None) or the acknowledgement again in ``claim_retry`` s."""
+        if self._closed:
+            return
+        if exc is not None:
+            if not self._down:
+                log.warning(
+                    "the store is failing (%s: %s); completions are retried every %s s "
+                    "while this client is open",
+                    what,
+                    exc,
+                    self._store.claim_retry,
+                )
+            else:
+                log.debug("%s (%s); retried", what, exc)
+            self._down = True
+        self._held[job.id] = (job, state, token)
+        if self._retrier is None:
+            self._retrier = asyncio.get_running_loop().create_task(self._retry_held())
+
     def _settled(self, state: JobState) -> None:
         if self._release is not None:
             self._release(state)
@@ -150,9 +190,12 @@ class Completions:
         try:
             while self._held:
                 await asyncio.sleep(self._store.claim_retry)
-                for job_id, (job, state) in list(self._held.items()):
-                    del self._held[job_id]
-                    self._start(self._complete(job, state))
+                batch, self._held = self._held, {}
+                for job, state, token in batch.values():
+                    if token is None:
+                        self._start(self._complete(job, state))
+                    else:
+                        self._start(self._ack(job, state, token))
         finally:
             self._retrier = None
 

@@ -23,7 +23,7 @@ from lipsync_async.testing import FakeLipsyncServer
 
 from ._waiting import until
 from .conftest import AUDIO, IMAGE, ClientFactory
-from .stores_support import REDIS_SERVER, Worker, free_port
+from .stores_support import REDIS_SERVER, RedisServer, Worker, free_port
 
 pytestmark = pytest.mark.skipif(
     REDIS_SERVER is None, reason="redis-server is not installed (apt-get install redis-server)"
@@ -407,3 +407,52 @@ async def test_equal_redis_stores_are_one_store(
         await until(lambda: len(completed) == 1, what="on_complete")
         assert client.stats["status_reads"] == 0  # resolved by its delivery
         assert await client_store.claim(job.id) == CLAIM_DONE
+
+
+async def test_on_complete_waits_out_a_redis_outage_and_runs_once(fake: FakeLipsyncServer) -> None:
+    """A job that ends while Redis is down still gets its ``on_complete`` once Redis is back
+    (the claim is retried, not given up while the worker lives); a callback whose
+    acknowledgement meets an outage is acknowledged once Redis is back, and not run twice."""
+    server = RedisServer(aof=True)
+    server.start()
+    ran: list[str] = []
+    outage = asyncio.Event()
+
+    def done(job: Job) -> None:
+        ran.append(job.id)
+        if outage.is_set():  # the second job: Redis goes down inside the callback
+            outage.clear()
+            server.stop()
+
+    store = RedisStore(server.url, prefix="outage", retries=0, timeout=0.5)
+    try:
+        async with LipsyncClient(
+            fake.api_key, base_url=fake.base_url, store=store, poll_interval=0.05, on_complete=done
+        ) as client:
+            fake.job_duration = 0.3
+            job = await client.lipsync_image(image=IMAGE, audio=AUDIO)
+            server.stop()
+            assert (await job.wait(5)).status is JobStatus.COMPLETED
+            await asyncio.sleep(2.0)  # well past every retry of a single claim
+            assert ran == []
+            server.start()
+            await until(lambda: ran == [job.id], timeout=10, what="on_complete after the outage")
+
+            outage.set()
+            second = await client.lipsync_image(image=IMAGE, audio=AUDIO)
+            assert (await second.wait(5)).status is JobStatus.COMPLETED
+            await until(lambda: not outage.is_set(), what="the callback stopping Redis")
+            await asyncio.sleep(2.0)
+            server.start()
+            peer = RedisStore(server.url, prefix="outage")
+            await peer.open()
+            try:
+                deadline = time.monotonic() + 10
+                while await peer.claim(second.id) != CLAIM_DONE:
+                    assert time.monotonic() < deadline, "the completion was never acknowledged"
+                    await asyncio.sleep(0.1)
+            finally:
+                await peer.close()
+            assert ran == [job.id, second.id]
+    finally:
+        server.cleanup()
