@@ -154,8 +154,10 @@ class LipsyncClient:
             ``fn`` returns: ``close_timeout``), the adopter of the job runs ``fn`` again: at
             least once per such crash, exactly once otherwise. Scope of "once": the fleet with
             a ``RedisStore``; the machine, across restarts, with a ``SQLiteStore``; this
-            process with a ``MemoryStore`` or no store. A sync ``fn`` runs on the event loop:
-            keep it short or hand blocking work to a thread.
+            process with a ``MemoryStore`` or no store. At most 64 completions run at once
+            (a burst of ends queues, never a task per job); a store outage delays ``fn``,
+            never drops it (retried while the client is open). A sync ``fn`` runs on the event
+            loop: keep it short or hand blocking work to a thread.
         allow_insecure: accept an ``http://`` ``base_url`` on a host that is not loopback
             (the key then travels in clear); refused by default.
         tracer_provider, meter_provider: OpenTelemetry providers for this client's spans and

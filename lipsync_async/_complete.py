@@ -39,7 +39,9 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+from collections import deque
 from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import Final
 
 from ._job import Job
@@ -54,6 +56,9 @@ OnComplete = Callable[[Job], "Awaitable[object] | object"]
 """``fn(job)``, sync or async; ``job.state`` is the final state (completed or failed)."""
 
 _ATTEMPTS: Final = 3
+#: Completions (a claim, the callback, the acknowledgement) in progress at once: a burst of
+#: ends is worked through by this many tasks, never a task per job.
+CONCURRENCY: Final = 64
 
 
 class Completions:
@@ -73,7 +78,8 @@ class Completions:
         self._fn = fn
         self._store = store
         self._release = release
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._queue: deque[Callable[[], Awaitable[None]]] = deque()
+        self._tasks: set[asyncio.Task[None]] = set()  # the workers, at most CONCURRENCY
         # Completions to try again: None, a claim (held by a live peer, or the store failed);
         # a token, an acknowledgement the store failed to take after the callback ran.
         self._held: dict[str, tuple[Job, JobState, int | None]] = {}
@@ -84,16 +90,27 @@ class Completions:
         self.on_done = self.job_done  # one bound method, shared by every job's callbacks
 
     def job_done(self, job: Job) -> None:
-        """A job ended: a final one is claimed and completed in a task of its own."""
+        """A job ended: a final one is queued to be claimed and completed."""
         state = job.state
         if self._closed or job.cancelled() or state is None or not state.is_final:
             return
-        self._start(self._complete(job, state))
+        self._start(partial(self._complete, job, state))
 
-    def _start(self, coro: Awaitable[None]) -> None:
-        task: asyncio.Task[None] = asyncio.ensure_future(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+    def _start(self, step: Callable[[], Awaitable[None]]) -> None:
+        self._queue.append(step)
+        if len(self._tasks) < CONCURRENCY:
+            task = asyncio.get_running_loop().create_task(self._work())
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _work(self) -> None:
+        queue = self._queue
+        while queue:
+            step = queue.popleft()
+            try:
+                await step()
+            except Exception:  # a store's bug must not end the worker with the queue unserved
+                log.exception("on_complete: a completion step failed")
 
     async def _store_call(self, what: str, call: Callable[[], Awaitable[int | bool]]) -> int | bool:
         for attempt in range(_ATTEMPTS):
@@ -193,9 +210,9 @@ class Completions:
                 batch, self._held = self._held, {}
                 for job, state, token in batch.values():
                     if token is None:
-                        self._start(self._complete(job, state))
+                        self._start(partial(self._complete, job, state))
                     else:
-                        self._start(self._ack(job, state, token))
+                        self._start(partial(self._ack, job, state, token))
         finally:
             self._retrier = None
 
@@ -211,11 +228,13 @@ class Completions:
         _, running = await asyncio.wait(set(self._tasks), timeout=timeout)
         if running:
             log.warning(
-                "closing: %d on_complete callback(s) still running after %s s were cancelled; "
-                "their jobs stay claimed and pending, and run again where they are resumed",
-                len(running),
+                "closing: %d on_complete completion(s) still running or queued after %s s "
+                "were cancelled; their jobs stay pending (and claimed, where the claim was "
+                "taken), and run where they are resumed",
+                len(running) + len(self._queue),
                 timeout,
             )
+            self._queue.clear()
             for task in running:
                 task.cancel()
             await asyncio.gather(*running, return_exceptions=True)

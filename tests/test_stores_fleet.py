@@ -456,3 +456,35 @@ async def test_on_complete_waits_out_a_redis_outage_and_runs_once(fake: FakeLips
             assert ran == [job.id, second.id]
     finally:
         server.cleanup()
+
+
+async def test_a_burst_of_ends_runs_at_most_64_callbacks_at_once(
+    fake: FakeLipsyncServer, make_client: ClientFactory
+) -> None:
+    """300 jobs ending together: their async ``on_complete`` callbacks run at most 64 at a
+    time (the documented bound), and every one of them runs once when they are let go."""
+    running = 0
+    most = 0
+    ran: list[str] = []
+    go = asyncio.Event()
+
+    async def done(job: Job) -> None:
+        nonlocal running, most
+        running += 1
+        most = max(most, running)
+        await go.wait()
+        running -= 1
+        ran.append(job.id)
+
+    client = await make_client(on_complete=done, poll_interval=0.05)
+    fake.job_duration = 0.2
+    jobs = await asyncio.gather(
+        *(client.lipsync_image(image=IMAGE, audio=AUDIO) for _ in range(300))
+    )
+    await asyncio.gather(*jobs)
+    await until(lambda: running == 64, what="64 callbacks running")
+    await asyncio.sleep(0.1)
+    assert most == 64
+    go.set()
+    await until(lambda: len(ran) == 300, what="every callback")
+    assert sorted(ran) == sorted(j.id for j in jobs)
