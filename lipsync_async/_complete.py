@@ -39,6 +39,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import uuid
 from collections import deque
 from collections.abc import Awaitable, Callable
 from functools import partial
@@ -85,6 +86,11 @@ class Completions:
         self._held: dict[str, tuple[Job, JobState, int | None]] = {}
         self._retrier: asyncio.Task[None] | None = None
         self._down = False  # the store failed since its last success: warned once
+        # This object's name in the store's claims (a retried claim whose answer was lost gets
+        # its own token back), and the jobs it is completing: a second observation of one of
+        # them (a job attached twice, a delivery and a poll) is dropped here, not claimed again.
+        self._claimant = uuid.uuid4().hex
+        self._active: set[str] = set()
         self._closed = False
         self.ran = 0  # callbacks run in this process (a figure for tests)
         self.on_done = self.job_done  # one bound method, shared by every job's callbacks
@@ -94,6 +100,9 @@ class Completions:
         state = job.state
         if self._closed or job.cancelled() or state is None or not state.is_final:
             return
+        if job.id in self._active:
+            return
+        self._active.add(job.id)
         self._start(partial(self._complete, job, state))
 
     def _start(self, step: Callable[[], Awaitable[None]]) -> None:
@@ -131,7 +140,7 @@ class Completions:
     async def _complete(self, job: Job, state: JobState) -> None:
         try:
             token = await self._store_call(
-                "claiming a completion", lambda: self._store.claim(job.id)
+                "claiming a completion", lambda: self._store.claim(job.id, self._claimant)
             )
         except StoreError as exc:
             self._later(job, state, None, f"cannot claim the completion of job {job.id!r}", exc)
@@ -200,6 +209,7 @@ class Completions:
             self._retrier = asyncio.get_running_loop().create_task(self._retry_held())
 
     def _settled(self, state: JobState) -> None:
+        self._active.discard(state.id)
         if self._release is not None:
             self._release(state)
 
@@ -223,6 +233,7 @@ class Completions:
             self._retrier.cancel()
             await asyncio.gather(self._retrier, return_exceptions=True)
         self._held.clear()
+        self._active.clear()
         if not self._tasks:
             return
         _, running = await asyncio.wait(set(self._tasks), timeout=timeout)

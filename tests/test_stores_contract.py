@@ -95,16 +95,19 @@ async def test_correlation_tokens_contract(store: Store) -> None:
 
 
 async def test_completion_claims_contract(store: Store) -> None:
-    """The first claim of a job gets a fencing token; later claims find it held; an ack with
+    """The first claim of a job gets a fencing token; another claimant finds it held, the
+    holder claiming again (a retry whose answer was lost) gets its own token back; an ack with
     another token fails, with the holder's it makes the claim done for good; tokens grow."""
-    first = await store.claim("job-1")
+    first = await store.claim("job-1", "a")
     assert first > 0
-    assert await store.claim("job-1") == CLAIM_HELD
+    assert await store.claim("job-1", "b") == CLAIM_HELD
+    assert await store.claim("job-1", "a") == first
     assert await store.ack("job-1", first + 1000) is False
     assert await store.ack("job-1", first) is True
-    assert await store.claim("job-1") == CLAIM_DONE
+    assert await store.claim("job-1", "a") == CLAIM_DONE
+    assert await store.claim("job-1", "b") == CLAIM_DONE
     assert await store.ack("job-1", first) is False  # done: nothing to ack
-    assert await store.claim("job-2") > first
+    assert await store.claim("job-2", "b") > first
 
 
 @pytest.mark.parametrize(

@@ -243,10 +243,11 @@ async def test_a_claim_of_a_dead_holder_is_taken_over_with_a_larger_token(
     await a.open()
     await b.open()
     try:
-        first = await a.claim("j")
+        first = await a.claim("j", "x")
         assert first > 0
-        assert await b.claim("j") == CLAIM_HELD
-        assert await a.claim("j") == CLAIM_HELD  # a is running it
+        assert await b.claim("j", "x") == CLAIM_HELD
+        assert await a.claim("j", "y") == CLAIM_HELD  # another claimant of a's: a runs it
+        assert await a.claim("j", "x") == first  # the holder again: a retried claim
         await a.close()  # died inside the callback, as far as b can tell
         second = await b.claim("j")
         assert second > first

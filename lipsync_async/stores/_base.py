@@ -123,8 +123,9 @@ class Store(abc.ABC):
         self._users = 0
         self._listeners: list[tuple[DeliveryCallback, ResyncCallback | None]] = []
         self._orphan_hooks: list[ResyncCallback] = []
-        # In-process claims: job id -> the token holding it, or CLAIM_DONE (oldest first).
-        self._claims: OrderedDict[str, int] = OrderedDict()
+        # In-process claims, oldest first: job id -> (token, claimant) while held, or
+        # CLAIM_DONE once acknowledged.
+        self._claims: OrderedDict[str, tuple[int, str] | int] = OrderedDict()
         self._fence = itertools.count(1)
 
     # -- identity ----------------------------------------------------------------------------
@@ -229,20 +230,26 @@ class Store(abc.ABC):
 
     # -- completion claims -------------------------------------------------------------------
 
-    async def claim(self, job_id: str) -> int:
+    async def claim(self, job_id: str, claimant: str = "") -> int:
         """Claim the right to run the completion callback of ``job_id``.
 
         A fencing token (an int > 0, larger than any given before) when the caller now holds
         the claim; :data:`CLAIM_HELD` when a live claimant holds it; :data:`CLAIM_DONE` when
         the callback ran and was acknowledged. A claim whose holder died (a crashed worker's,
-        in a shared store) is taken over with a new token. This default keeps claims in this
-        process (the last 100,000 acknowledged ones), which is exactly once per process.
+        in a shared store) is taken over with a new token. The holder itself (this store
+        object and the same ``claimant``) claiming again gets its own token back: a claim
+        retried because its answer was lost (a connection cut after Redis ran it) must not
+        find itself "held" forever. This default keeps claims in this process (the last
+        100,000 acknowledged ones), which is exactly once per process.
         """
         held = self._claims.get(job_id)
+        if isinstance(held, tuple):
+            token, holder = held
+            return token if holder == claimant else CLAIM_HELD
         if held is not None:
-            return CLAIM_DONE if held == CLAIM_DONE else CLAIM_HELD
+            return CLAIM_DONE
         token = next(self._fence)
-        self._claims[job_id] = token
+        self._claims[job_id] = (token, claimant)
         return token
 
     async def ack(self, job_id: str, token: int) -> bool:
@@ -252,7 +259,8 @@ class Store(abc.ABC):
         callback may then have run twice, which the caller logs.
         """
         claims = self._claims
-        if claims.get(job_id) != token:
+        held = claims.get(job_id)
+        if not isinstance(held, tuple) or held[0] != token:
             return False
         claims[job_id] = CLAIM_DONE
         claims.move_to_end(job_id)

@@ -13,7 +13,7 @@ id, such as ``{prefix}:jobs:<worker>``, share the tag too)::
     {prefix}:leases          zset   worker id -> lease expiry (ms, the Redis server's clock)
     {prefix}:final:<id>      string a final state (TTL final_ttl, or unknown_ttl)
     {prefix}:unknown         list   ids of final states no worker submitted (the cap, below)
-    {prefix}:claim:<id>      string "<worker>|<instance>|<token>" while held, "done" once acked
+    {prefix}:claim:<id>      "<worker>|<instance>|<token>|<claimant>" while held, "done" once acked
     {prefix}:fence           counter the fencing tokens
     {prefix}:token:<token>   string a correlation token's job id (TTL token_ttl)
     {prefix}:to:<worker>     channel a worker's deliveries (pub/sub)
@@ -61,10 +61,13 @@ only the shortcut (it is polled).
 ``{prefix}:claim:<id>`` to this worker, this store object and a fresh token from
 ``INCR {prefix}:fence``, unless the job is ``done`` or held by a live holder (whose worker's
 lease runs, and, for a claim of this very worker id, the same store object: a previous
-incarnation of a restarted worker is dead). :meth:`ack` marks it ``done`` only if the token
-still holds it. A worker that dies inside the callback leaves a claim whose holder's lease
-expires; the job stayed pending (its record is dropped only after the ack), so the adopter
-resolves it, claims it with a new, larger token and runs the callback again.
+incarnation of a restarted worker is dead). The holder itself (same store object, same
+``claimant``) claiming again gets its own token back: a claim retried because the connection
+was cut after Redis ran it would otherwise find itself "held" for good, and its callback would
+never run. :meth:`ack` marks it ``done`` only if the token still holds it. A worker that
+dies inside the callback leaves a claim whose holder's lease expires; the job stayed pending
+(its record is dropped only after the ack), so the adopter resolves it, claims it with a new,
+larger token and runs the callback again.
 
 Reconnects: commands retry connection errors with exponential backoff (``retries``), then fail
 with :class:`StoreError`; the subscriber reconnects forever with backoff capped at 2 s.
@@ -216,26 +219,32 @@ end
 return 0
 """
 
-# KEYS: claim:id, fence, leases. ARGV: W, instance, ttl. A token, 0 (held) or -1 (done).
+# KEYS: claim:id, fence, leases. ARGV: W, instance, ttl, claimant. A token, 0 (held) or -1
+# (done). The claim's value is "W|instance|token|claimant": the same holder claiming again
+# (a retry whose answer was lost) gets its token back.
 _CLAIM: Final = (
     _NOW
     + """
 local held = redis.call('GET', KEYS[1])
 if held == 'done' then return -1 end
 if held then
-  local w, inst = string.match(held, '^(.-)|(.-)|')
+  local w, inst, tok, who = string.match(held, '^(.-)|(.-)|(.-)|(.*)$')
+  if w == ARGV[1] and inst == ARGV[2] and who == ARGV[4] then return tonumber(tok) end
   local lease = w and redis.call('ZSCORE', KEYS[3], w)
   if lease and tonumber(lease) > now and (w ~= ARGV[1] or inst == ARGV[2]) then return 0 end
 end
 local token = redis.call('INCR', KEYS[2])
-redis.call('SET', KEYS[1], ARGV[1] .. '|' .. ARGV[2] .. '|' .. token, 'EX', ARGV[3])
+local value = ARGV[1] .. '|' .. ARGV[2] .. '|' .. token .. '|' .. ARGV[4]
+redis.call('SET', KEYS[1], value, 'EX', ARGV[3])
 return token
 """
 )
 
-# KEYS: claim:id. ARGV: the holder's value, ttl. 1 if it still held the claim (now done).
+# KEYS: claim:id. ARGV: "W|instance|token|", ttl. 1 if that token still held the claim (now
+# done).
 _ACK: Final = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
+local held = redis.call('GET', KEYS[1])
+if held and string.sub(held, 1, #ARGV[1]) == ARGV[1] then
   redis.call('SET', KEYS[1], 'done', 'EX', ARGV[2])
   return 1
 end
@@ -706,12 +715,12 @@ class RedisStore(Store):
 
     # -- completion claims -------------------------------------------------------------------
 
-    async def claim(self, job_id: str) -> int:
+    async def claim(self, job_id: str, claimant: str = "") -> int:
         self._open_client()
         async with self._guard(f"cannot claim the completion of job {job_id}"):
             token = await self._scripts["claim"](
                 keys=[self._claim_key(job_id), self._fence_key, self._leases_key],
-                args=[self.worker, self.instance, self.final_ttl],
+                args=[self.worker, self.instance, self.final_ttl, claimant],
             )
         token = int(token)
         return token if token > 0 else (CLAIM_DONE if token < 0 else CLAIM_HELD)
@@ -721,7 +730,7 @@ class RedisStore(Store):
         async with self._guard(f"cannot acknowledge the completion of job {job_id}"):
             done = await self._scripts["ack"](
                 keys=[self._claim_key(job_id)],
-                args=[f"{self.worker}|{self.instance}|{token}", self.final_ttl],
+                args=[f"{self.worker}|{self.instance}|{token}|", self.final_ttl],
             )
         return int(done) == 1
 

@@ -264,16 +264,20 @@ class SQLiteStore(Store):
 
     # -- completion claims -------------------------------------------------------------------
 
-    async def claim(self, job_id: str) -> int:
-        me = self._holder
+    async def claim(self, job_id: str, claimant: str = "") -> int:
+        me = f"{self._holder}:{claimant}"  # "pid:store object:claimant"
 
         def take(db: sqlite3.Connection) -> int:
-            row = db.execute("SELECT holder FROM claims WHERE id = ?", (job_id,)).fetchone()
+            row = db.execute(
+                "SELECT holder, token FROM claims WHERE id = ?", (job_id,)
+            ).fetchone()
             if row is not None:
-                holder = row[0]
+                holder, held = row
                 if holder is None:
                     return CLAIM_DONE
-                if holder == me or _alive(holder):
+                if holder == me:
+                    return int(held)  # the holder again: a retry whose answer was lost
+                if _alive(holder):
                     return CLAIM_HELD
             (token,) = db.execute("SELECT COALESCE(MAX(token), 0) + 1 FROM claims").fetchone()
             db.execute(
@@ -285,11 +289,13 @@ class SQLiteStore(Store):
         return await self._call(take)
 
     async def ack(self, job_id: str, token: int) -> bool:
+        mine = self._holder + ":"
+
         def done(db: sqlite3.Connection) -> bool:
             cur = db.execute(
                 "UPDATE claims SET holder = NULL, claimed_at = ? WHERE id = ? AND token = ?"
-                " AND holder = ?",
-                (time.time(), job_id, token, self._holder),
+                " AND substr(holder, 1, ?) = ?",  # held by this store object, any claimant
+                (time.time(), job_id, token, len(mine), mine),
             )
             return cur.rowcount == 1
 
