@@ -69,7 +69,7 @@ from ._files import FileRegistry
 from ._http import is_loopback
 from ._limits import GatedSite, ServerLog, Summary, derive_cap, probe
 from ._models import JobState, check_url
-from ._telemetry import NOOP, Telemetry, resolve
+from ._telemetry import NOOP, VIA_DELIVERY, VIA_WORKER, Telemetry, resolve
 from ._tokens import TokenBook, check_token
 from ._wire import parse_job_state
 
@@ -102,9 +102,10 @@ class DeliverySink(Protocol):
 
     ``get`` says whether a job is tracked (a verification read is spent on tracked jobs only);
     a ``webhook_grace`` attribute, if the sink has one, is the period of the verify bound.
+    ``via`` says how a state came, for telemetry only (``_telemetry``'s ``VIA_*``).
     """
 
-    def deliver(self, state: JobState) -> bool: ...
+    def deliver(self, state: JobState, via: str = VIA_DELIVERY) -> bool: ...
 
     async def fetch(self, job_id: str) -> JobState: ...
 
@@ -584,7 +585,8 @@ class WebhookReceiver:
         except (LipsyncError, TimeoutError):
             return  # logged by _read; the job's own polling goes on
         if state is not None:
-            sink.deliver(state)
+            # The API's state, but the outcome came through the store (telemetry's label).
+            sink.deliver(state, VIA_WORKER)
 
     async def _verified(self, sink: DeliverySink, job_id: str) -> JobState | None:
         """The API's state of tracked job ``job_id``; ``None`` if it was read lately.

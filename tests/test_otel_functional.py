@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import secrets
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,6 +26,7 @@ from lipsync_async.testing import FakeLipsyncServer
 from ._waiting import until
 from .conftest import AUDIO, IMAGE, ClientFactory
 from .stores_support import REDIS_SERVER, free_port
+from .test_asgi_functional import bound_socket, mounted, serve
 
 SECRET = "otel-test-secret-0123456789"
 
@@ -320,3 +322,149 @@ async def test_without_a_provider_nothing_is_instrumented(
     assert record.trace is None
     await job.wait(5)
     assert all("tp=" not in d.url for d in fake.deliveries)
+
+
+async def test_429s_and_the_pauses_they_set_are_counted(
+    fake: FakeLipsyncServer,
+    make_client: ClientFactory,
+    otel: Otel,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Three 429s (``Retry-After: 1``) on concurrent submits: ``lipsync.http.rate_limited``
+    counts every 429, ``lipsync.http.pauses`` each client-wide pause begun (one WARNING each,
+    however many 429s extend it) and ``lipsync.http.pause.duration`` their seconds; the submit
+    spans, retries included, end ``accepted``."""
+    fake.throttle_next = 3
+    fake.throttle_retry_after = 1
+    client: LipsyncClient = await make_client(max_retries=5, **otel.kwargs)
+    with caplog.at_level(logging.WARNING, logger="lipsync_async"):
+        jobs = await asyncio.gather(
+            *(client.lipsync_image(image=IMAGE, audio=AUDIO) for _ in range(3))
+        )
+        await asyncio.gather(*(job.wait(5) for job in jobs))
+    pauses = [r for r in caplog.records if r.getMessage().startswith("rate limited: pausing")]
+
+    assert fake.requests["429"] == 3
+    assert otel.total("lipsync.http.rate_limited") == 3 == client.stats["rate_limited"]
+    assert 1 <= len(pauses) <= 3
+    assert otel.total("lipsync.http.pauses") == len(pauses)
+    assert otel.total("lipsync.http.pause.duration") == 1.0 * len(pauses)
+    submits = otel.named("POST /lipsync-image")
+    assert len(submits) == 3
+    for span in submits:
+        assert span.attributes is not None
+        assert span.attributes["lipsync.submit.outcome"] == "accepted"
+        assert span.attributes["http.response.status_code"] == 200
+    assert otel.total("lipsync.submits", lipsync__submit__outcome="accepted") == 3
+    _no_secrets(otel, fake.api_key)
+
+
+async def test_the_asgi_receiver_joins_a_delivery_to_its_submit_trace(
+    fake: FakeLipsyncServer, otel: Otel
+) -> None:
+    """Under uvicorn, the ``tp=`` of a delivery's URL reaches the ASGI receiver: the submit's
+    answer is dropped, so nothing here knows the job's trace when its delivery comes, and the
+    delivery span is still a child of the submit span; the job it settles into ends in the
+    same trace."""
+    fake.drop_rate = 1.0
+    sock = bound_socket()
+    receiver = WebhookReceiver(f"http://127.0.0.1:{sock.getsockname()[1]}", secret=SECRET)
+    app = mounted(receiver.path, receiver.asgi())
+    async with (
+        serve(app, sock),
+        LipsyncClient(
+            fake.api_key,
+            base_url=fake.base_url,
+            webhook=receiver,
+            poll_interval=0.05,
+            **otel.kwargs,
+        ) as client,
+    ):
+        with pytest.raises(SubmissionUncertainError) as info:
+            await client.lipsync_image(image=IMAGE, audio=AUDIO)
+        job = await info.value.resolve(timeout=5)
+        assert job is not None
+        await job.wait(5)
+        assert client.stats["status_reads"] == 0
+
+    assert [d.status for d in fake.deliveries] == [200]
+    assert "&tp=00-" in fake.deliveries[0].url
+    submit = otel.one("POST /lipsync-image")
+    delivery = otel.one("process /webhooks/lipsync")
+    assert submit.context is not None and delivery.parent is not None
+    assert delivery.parent.span_id == submit.context.span_id
+    assert delivery.parent.is_remote  # from the URL, not from a job tracked here
+    span = otel.one("lipsync.job")
+    assert span.attributes is not None and span.attributes["lipsync.job.id"] == job.id
+    assert _same_trace(submit, delivery, span)
+    _no_secrets(otel, fake.api_key, SECRET)
+
+
+async def test_a_verified_delivery_resolves_its_job_through_a_read_in_its_trace(
+    fake: FakeLipsyncServer, make_client: ClientFactory, otel: Otel
+) -> None:
+    """``verify=True``: the delivery resolves its job with the state a verification read
+    got; that read's span is a child of the submit (in the delivery's trace), the delivery is
+    ``accepted`` and the job span says ``delivery`` (what made the job end; the read is how
+    its state was checked)."""
+    receiver = WebhookReceiver(secret=SECRET, verify=True)
+    client: LipsyncClient = await make_client(webhook=receiver, webhook_grace=30, **otel.kwargs)
+    job = await client.lipsync_image(image=IMAGE, audio=AUDIO)
+    await job.wait(5)
+
+    assert receiver.verify_reads == 1
+    submit = otel.one("POST /lipsync-image")
+    read = otel.one("GET /jobs/{id}")
+    assert submit.context is not None and read.parent is not None
+    assert read.parent.span_id == submit.context.span_id
+    delivery = otel.one("process /webhooks/lipsync")
+    assert delivery.attributes is not None
+    assert delivery.attributes["lipsync.delivery.result"] == "accepted"
+    span = otel.one("lipsync.job")
+    assert span.attributes is not None
+    assert span.attributes["lipsync.job.resolved_by"] == "delivery"
+    assert _same_trace(submit, read, delivery, span)
+    assert otel.total("lipsync.status_reads", lipsync__read__outcome="ok") == 1
+    assert otel.total("lipsync.job.duration", lipsync__job__resolved_by="delivery") == 1
+    _no_secrets(otel, fake.api_key, SECRET)
+
+
+@pytest.mark.skipif(REDIS_SERVER is None, reason="redis-server is not installed")
+async def test_a_verified_state_from_another_worker_is_labelled_another_worker(
+    fake: FakeLipsyncServer, make_client: ClientFactory, otel: Otel, redis_url: str
+) -> None:
+    """Worker A has ``verify=True``; its job's delivery lands on worker B, which records it in
+    Redis. A hears it through the store, reads the job from the API before believing it, and
+    resolves it: ``resolved_by`` is ``another_worker`` (how the outcome came), not
+    ``delivery`` (no delivery reached A), on the job span and on every metric."""
+    fake.job_duration = 3600  # finished by the test
+    prefix = "otelv" + secrets.token_hex(4)
+    port_a, port_b = free_port(), free_port()
+    receiver_a = WebhookReceiver(
+        f"http://127.0.0.1:{port_b}", port=port_a, secret=SECRET, check_reachable=False, verify=True
+    )
+    receiver_b = WebhookReceiver(port=port_b, secret=SECRET)
+    client_a = await make_client(
+        store=RedisStore(redis_url, prefix=prefix),
+        webhook=receiver_a,
+        webhook_grace=30,  # no fallback poll within the test: the store is how it resolves
+        **otel.kwargs,
+    )
+    await make_client(store=RedisStore(redis_url, prefix=prefix), webhook=receiver_b)
+    job = await client_a.lipsync_image(image=IMAGE, audio=AUDIO)
+    fake.complete_job(job.id)
+    await job.wait(5)
+    await asyncio.sleep(0.01)  # the wake histogram is recorded a loop turn after the wake
+
+    assert receiver_a.verify_reads == 1 and receiver_a.received == 0
+    submit = otel.one("POST /lipsync-image")
+    read = otel.one("GET /jobs/{id}")  # A's verification read
+    assert not otel.named("process /webhooks/lipsync")
+    span = otel.one("lipsync.job")
+    assert span.attributes is not None
+    assert span.attributes["lipsync.job.resolved_by"] == "another_worker"
+    assert _same_trace(submit, read, span)
+    by = "lipsync.job.resolved_by"
+    for name in ("lipsync.jobs.resolved", "lipsync.job.duration", "lipsync.delivery.wake"):
+        assert [a.get(by) for a, _ in otel.metrics()[name]] == ["another_worker"], name
+    _no_secrets(otel, fake.api_key, SECRET)
