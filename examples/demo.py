@@ -107,9 +107,12 @@ class Recorder:
         for span in self.spans.get_finished_spans():
             if span.context is not None:
                 traces.setdefault(span.context.trace_id, []).append(span)
+            for link in span.links:  # a download: its own trace, linked to its job's
+                traces.setdefault(link.context.trace_id, []).append(span)
         shown: dict[str, int] = {}
         print("\nper-job timelines (OpenTelemetry spans, ms after the submit began):")
-        for spans in traces.values():
+        # The job with a download first, so that one of the timelines shows every span kind.
+        for spans in sorted(traces.values(), key=lambda spans: all(s.name != "GET" for s in spans)):
             job = next((s for s in spans if s.name == "lipsync.job"), None)
             if job is None or job.attributes is None:
                 continue
@@ -129,6 +132,7 @@ class Recorder:
                         "lipsync.delivery.result",
                         "lipsync.job.outcome",
                         "http.response.status_code",
+                        "http.response.body.size",
                     )
                     if k in a
                 )

@@ -15,8 +15,21 @@ import pytest
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
-#: example file -> (extra arguments, a line its output must contain)
-CASES: dict[str, tuple[tuple[str, ...], str]] = {
+#: The span names README's Observability table documents, as the demo's timeline column shows
+#: them (``{name:<26}`` after the start): one timeline of ``--otel`` holds each kind.
+SPANS = (
+    "POST /lipsync-video",
+    "POST /lipsync-image",
+    "POST /lipsync-image-multi",
+    "GET /jobs/{id}",
+    "process /webhooks/lipsync",
+    "lipsync.job",
+    "GET",  # a download
+)
+
+#: example file (then, for a second run of it, a space and a label) -> (extra arguments, the
+#: lines its output must contain)
+CASES: dict[str, tuple[tuple[str, ...], str | tuple[str, ...]]] = {
     "quickstart.py": ((), "bytes downloaded"),
     "fan_out.py": ((), "300 jobs: "),
     "webhook_receiver.py": ((), "status reads: 0"),
@@ -25,6 +38,10 @@ CASES: dict[str, tuple[tuple[str, ...], str]] = {
     "resume_by_id.py": ((), "resumed 3 jobs by id: 3 completed"),
     "uncertain_submit.py": ((), "the service created 20 jobs"),
     "demo.py": (("--jobs", "30", "--duration", "0.2"), "none twice"),
+    "demo.py --otel": (
+        ("--jobs", "30", "--duration", "0.2", "--otel"),
+        ("per-job timelines", *(f" ms  {name:<26} " for name in SPANS), "lipsync.jobs.pending"),
+    ),
 }
 
 
@@ -44,11 +61,13 @@ def run(*args: str) -> subprocess.CompletedProcess[str]:
 
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_example_runs_against_the_emulator(name: str) -> None:
-    """The example exits 0 against the embedded emulator and prints its key line."""
+    """The example exits 0 against the embedded emulator and prints its key lines (for
+    ``demo.py --otel``: a timeline with each documented span name, then the metrics)."""
     args, expected = CASES[name]
-    result = run(str(EXAMPLES / name), *args)
+    result = run(str(EXAMPLES / name.split()[0]), *args)
     assert result.returncode == 0, result.stderr
-    assert expected in result.stdout, result.stdout
+    for line in (expected,) if isinstance(expected, str) else expected:
+        assert line in result.stdout, result.stdout
     assert "Traceback" not in result.stderr
 
 
@@ -69,4 +88,4 @@ def test_every_example_is_smoke_tested() -> None:
         for p in EXAMPLES.glob("*.py")
         if not p.name.startswith("_") and not p.name.startswith("test_")
     }
-    assert runnable == set(CASES)
+    assert runnable == {name.split()[0] for name in CASES}
