@@ -8,7 +8,17 @@ a group: aiohttp, yarl/multidict, JSON, the SDK's own modules, attrs/cattrs, tas
 (``create_task``, ``Task.__step``, futures, semaphores), the event loop and selector. Prints
 a table of microseconds of client CPU per job per group.
 
-Usage: ``python benchmarks/profile_fanout.py --mode gather --n 5000`` (needs ``py-spy``).
+``--otel``: the same fan-out with OpenTelemetry on (``bench_fanout``'s provider row: the real
+SDK's tracer provider, a batch span processor and an exporter that discards, a meter provider
+with an in-memory reader). The groups then split the telemetry's cost into the OpenTelemetry
+SDK's own span and metric machinery (``opentelemetry/sdk``, its attributes and utilities), the
+API's context and trace helpers (``opentelemetry/context``, ``opentelemetry/trace``: attach,
+detach, ``set_span_in_context``, what our calls into it cost) and ours (``_telemetry.py``'s own
+frames: attribute dicts, f-strings, traceparent parsing, C calls it makes); a second table
+gives each telemetry hook's inclusive cost (the outermost ``_telemetry`` frame of a sample).
+
+Usage: ``python benchmarks/profile_fanout.py --mode gather --n 5000 [--otel]`` (needs
+``py-spy``).
 """
 
 from __future__ import annotations
@@ -23,6 +33,7 @@ import tempfile
 import time
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 from _baselines import raw_pairs
 from _bench import AUDIO, CONCURRENCY, HERE, IMAGE, Emulator, bounded, table
@@ -32,6 +43,13 @@ from lipsync_async import Job, LipsyncClient, LipsyncImageRequest
 POLL = 0.05
 
 GROUPS = (
+    # First: an OpenTelemetry frame named like a stdlib file must land in these groups.
+    (
+        "OTel SDK: spans/metrics",
+        ("/opentelemetry/sdk/", "/opentelemetry/attributes/", "/opentelemetry/util/"),
+    ),
+    ("OTel API: context/trace", ("/opentelemetry/",)),
+    ("SDK: _telemetry (ours)", ("lipsync_async/_telemetry.py",)),
     ("aiohttp", ("/aiohttp/",)),
     ("yarl/multidict", ("/yarl/", "/multidict/", "/propcache/")),
     ("JSON", ("/json/", "json.loads", "json.dumps")),
@@ -45,6 +63,31 @@ GROUPS = (
 )
 
 
+def hook(stack: str) -> str | None:
+    """The outermost ``_telemetry`` function of a sample (its hook), if it has one."""
+    for frame in stack.split(";"):
+        if "lipsync_async/_telemetry.py" in frame:
+            return frame.split(" (", 1)[0]
+    return None
+
+
+def providers() -> dict[str, Any]:
+    """``bench_fanout``'s provider row: what a configured application has, minus the network."""
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+
+    class Discard(SpanExporter):
+        def export(self, spans: Any) -> SpanExportResult:
+            return SpanExportResult.SUCCESS
+
+    tracer_provider = TracerProvider()
+    tracer_provider.add_span_processor(BatchSpanProcessor(Discard()))
+    meter_provider = MeterProvider(metric_readers=[InMemoryMetricReader()])
+    return {"tracer_provider": tracer_provider, "meter_provider": meter_provider}
+
+
 def classify(stack: str) -> str:
     frames = stack.split(";")
     for frame in reversed(frames):
@@ -54,7 +97,8 @@ def classify(stack: str) -> str:
     return "other (benchmark, stdlib, interpreter)"
 
 
-async def run(mode: str, n: int) -> float:
+async def run(mode: str, n: int, otel: bool = False) -> float:
+    kwargs = providers() if otel else {}  # the SDK's import is no per-job cost: before t0
     async with Emulator() as emu:
         await emu.reset(job_duration=0.0)
         t0 = time.process_time()
@@ -66,6 +110,7 @@ async def run(mode: str, n: int) -> float:
                 base_url=emu.base_url,
                 poll_interval=POLL,
                 max_in_flight=CONCURRENCY,
+                **kwargs,
             ) as client:
 
                 async def fan() -> None:
@@ -84,6 +129,8 @@ async def run(mode: str, n: int) -> float:
                         pass
 
                 await bounded(fan(), 300.0, mode)
+            for provider in kwargs.values():
+                provider.shutdown()  # the batch processor's last export: its CPU counts too
         return time.process_time() - t0
 
 
@@ -91,10 +138,11 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--mode", choices=("gather", "many", "raw"), default="gather")
     parser.add_argument("--n", type=int, default=5000)
+    parser.add_argument("--otel", action="store_true", help="with a tracer and meter provider")
     parser.add_argument("--child", action="store_true")
     args = parser.parse_args()
     if args.child:
-        cpu = asyncio.run(run(args.mode, args.n))
+        cpu = asyncio.run(run(args.mode, args.n, args.otel))
         print(f"cpu {cpu:.3f}")
         return
     with tempfile.TemporaryDirectory() as tmp:
@@ -119,16 +167,20 @@ def main() -> None:
             args.mode,
             "--n",
             str(args.n),
+            *(["--otel"] if args.otel else []),
         ]
         env = dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
         res = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env, check=False)
         cpu = float(next(x for x in res.stdout.splitlines() if x.startswith("cpu")).split()[1])
         samples: collections.Counter[str] = collections.Counter()
+        hooks: collections.Counter[str] = collections.Counter()
         for line in out.read_text().splitlines():
             stack, _, count = line.rpartition(" ")
             if "process_time" in stack and "run" not in stack:
                 continue
             samples[classify(stack)] += int(count)
+            if (name := hook(stack)) is not None:
+                hooks[name] += int(count)
     total = sum(samples.values())
     per_job = cpu / args.n * 1e6
     rows = [
@@ -138,12 +190,23 @@ def main() -> None:
     rows.append(["total (process_time)", "100%", f"{per_job:.0f}"])
     print(
         table(
-            f"Client CPU per job, {args.mode}, N={args.n:,} (py-spy, {total:,} samples; "
-            f"load {os.getloadavg()[0]:.2f})",
+            f"Client CPU per job, {args.mode}{' with OpenTelemetry' if args.otel else ''}, "
+            f"N={args.n:,} (py-spy, {total:,} samples; load {os.getloadavg()[0]:.2f})",
             ["group (innermost frame)", "share", "us/job"],
             rows,
         )
     )
+    if hooks:
+        print(
+            table(
+                "Telemetry hooks, inclusive (the outermost _telemetry frame of a sample)",
+                ["hook", "share", "us/job"],
+                [
+                    [name, f"{c / total * 100:.1f}%", f"{c / total * per_job:.0f}"]
+                    for name, c in hooks.most_common()
+                ],
+            )
+        )
 
 
 if __name__ == "__main__":

@@ -22,6 +22,12 @@ from submit to resolution, a child of the submit span, with how it resolved, the
 outcome. A job that never resolves in a live process (closed, then never resumed) has no job
 span, only its submit span.
 
+The submit span is the current span while its submit runs (an instrumented aiohttp's spans of
+the request nest under it), and stops being current once the job is tracked: the timers and
+reader tasks the tracker makes from then copy the context they are made in, and the reads of
+every job in their bucket would otherwise run "inside" that one submit (the metrics' exemplars
+naming its trace, its span kept alive).
+
 Per pending job, with a provider configured: one dict entry and one tuple of three atoms
 (which the collector untracks) plus the 55-character traceparent, about 270 B; nothing when
 no provider is configured (the ``Job`` itself is unchanged: ``test_job_lifecycle``'s budget).
@@ -40,6 +46,8 @@ import time
 from collections import OrderedDict
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, Final
+
+from ._errors import SubmissionUncertainError
 
 if TYPE_CHECKING:
     from ._job import Job
@@ -73,10 +81,13 @@ _JOB_BUCKETS: Final = (0.1, 0.5, 1, 5, 10, 30, 60, 120, 300, 600, 1200, 3600)
 _WAKE_BUCKETS: Final = (0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5)
 _MIN_CREDITS_SECONDS: Final = 5.0  # the billing minimum: what a submit surely costs at least
 
-# Set by the submit span for the code it wraps: (traceparent, start in ns since the epoch).
-_SUBMIT: contextvars.ContextVar[tuple[str, int] | None] = contextvars.ContextVar(
+# Set by the submit span for the code it wraps, until the job is tracked (see _SubmitSpan).
+_SUBMIT: contextvars.ContextVar[_SubmitSpan | None] = contextvars.ContextVar(
     "lipsync_submit", default=None
 )
+_READ_OK: Final = {"lipsync.read.outcome": "ok"}
+_READ_ERROR: Final = {"lipsync.read.outcome": "error"}
+_WAKE: Final = {via: {"lipsync.job.resolved_by": via} for via in ("delivery", "another_worker")}
 
 
 def check_traceparent(value: object) -> str | None:
@@ -175,11 +186,18 @@ class _Otel(Telemetry):
     on = True
 
     def __init__(self, tracer_provider: Any, meter_provider: Any) -> None:
-        from opentelemetry import metrics, trace
+        from opentelemetry import context, metrics, trace
 
         from ._version import __version__
 
         self._trace = trace
+        self._attach = context.attach
+        self._detach = context.detach
+        self._in_context = trace.set_span_in_context
+        # Per (endpoint, resolution) and per (outcome, resolved_by): the attribute dicts each
+        # span and measurement takes, built once (a few dozen at most; the SDK copies them).
+        self._kinds: dict[tuple[str, str], _SubmitKind] = {}
+        self._ends: dict[tuple[str, str | None], dict[str, str]] = {}
         # A tracer from a NoOp provider when only metrics are configured (and vice versa):
         # the calls stay the same, and cost nothing where nothing listens.
         tp = tracer_provider if tracer_provider is not None else trace.NoOpTracerProvider()
@@ -251,18 +269,21 @@ class _Otel(Telemetry):
     # -- trace context -----------------------------------------------------------------------
 
     def _context(self, traceparent: str | None) -> Any:
-        """A context whose parent is ``traceparent`` (``None``: no parent, a new trace)."""
-        trace = self._trace
-        match = _TRACEPARENT.match(traceparent) if traceparent else None
-        if match is None:
+        """A context whose parent is ``traceparent`` (``None``: no parent, a new trace).
+
+        Sliced, not matched: every traceparent here was made by :meth:`_format` or went
+        through :func:`check_traceparent` where it came in (a store record, a URL).
+        """
+        if not traceparent:
             return None
+        trace = self._trace
         parent = trace.SpanContext(
-            trace_id=int(match[1], 16),
-            span_id=int(match[2], 16),
+            trace_id=int(traceparent[3:35], 16),
+            span_id=int(traceparent[36:52], 16),
             is_remote=True,
-            trace_flags=trace.TraceFlags(int(match[3], 16)),
+            trace_flags=trace.TraceFlags(int(traceparent[53:55], 16)),
         )
-        return trace.set_span_in_context(trace.NonRecordingSpan(parent))
+        return self._in_context(trace.NonRecordingSpan(parent))
 
     def _link(self, traceparent: str | None) -> list[Any]:
         context = self._context(traceparent)
@@ -283,22 +304,30 @@ class _Otel(Telemetry):
         return _SubmitSpan(self, request)
 
     def submit_context(self) -> tuple[str, int] | None:
-        return _SUBMIT.get()
+        submit = _SUBMIT.get()
+        return submit.context if submit is not None else None
 
     def hook_url(self, url: str) -> str:
-        context = _SUBMIT.get()
-        return f"{url}&tp={context[0]}" if context is not None and context[0] else url
+        submit = _SUBMIT.get()
+        return f"{url}&tp={submit.context[0]}" if submit is not None and submit.context[0] else url
 
     def job_tracked(
         self, job_id: str, context: tuple[str, int] | None, *, by_webhook: bool
     ) -> None:
         trace, started = context if context is not None else ("", time.time_ns())
         self._jobs[job_id] = (trace, started, by_webhook)
+        submit = _SUBMIT.get()
+        if submit is not None:
+            # The tracker is about to schedule the job: its timers and reader tasks copy the
+            # context they are made in, and must not carry this submit's span (their reads'
+            # metrics would get exemplars of this trace, an instrumented aiohttp's spans
+            # would nest under it) nor keep the span alive.
+            submit.release()
 
     def resumed(self, job_id: str, trace: str | None, submitted_at: float) -> None:
         """A job from the store's pending records (``pending()``): its trace goes on here."""
         if job_id not in self._jobs:
-            self._jobs[job_id] = (trace or "", int(submitted_at * 1e9), False)
+            self._jobs[job_id] = (check_traceparent(trace) or "", int(submitted_at * 1e9), False)
 
     # -- status reads ------------------------------------------------------------------------
 
@@ -319,7 +348,7 @@ class _Otel(Telemetry):
             loop.call_soon(self._woken, loop, since, via)
 
     def _woken(self, loop: Any, since: float, via: str) -> None:
-        self._wake.record(loop.time() - since, {"lipsync.job.resolved_by": via})
+        self._wake.record(loop.time() - since, _WAKE[via])
 
     def ended(self, job_id: str, outcome: str) -> None:
         """Tracking ended without a final state: ``refused`` (404, 401) or ``cancelled``."""
@@ -330,9 +359,12 @@ class _Otel(Telemetry):
         how = via
         if entry is not None and via == VIA_READ:
             how = "fallback" if entry[2] else "poll"
-        attributes: dict[str, Any] = {"lipsync.job.outcome": outcome}
-        if how is not None:
-            attributes["lipsync.job.resolved_by"] = how
+        attributes = self._ends.get((outcome, how))
+        if attributes is None:
+            attributes = {"lipsync.job.outcome": outcome}
+            if how is not None:
+                attributes["lipsync.job.resolved_by"] = how
+            self._ends[outcome, how] = attributes
         self._jobs_ended.add(1, attributes)
         if entry is None:
             return  # attached by id: no submit known here, no job span
@@ -401,48 +433,81 @@ def _http_status(exc: BaseException) -> int | None:
     return status if isinstance(status, int) else None
 
 
+class _SubmitKind:
+    """What every submit to one endpoint at one resolution shares: its span's name and start
+    attributes, its credits and its measurements' attributes by outcome (built once)."""
+
+    __slots__ = ("attributes", "by_outcome", "credits", "name")
+
+    def __init__(self, endpoint: str, resolution: str) -> None:
+        self.name = f"POST /{endpoint}"
+        self.credits = _MIN_CREDITS_SECONDS * (4.0 if resolution == "720p" else 2.0)
+        common = {"lipsync.endpoint": endpoint, "lipsync.resolution": resolution}
+        self.attributes: dict[str, Any] = {
+            "http.request.method": "POST",
+            "url.template": f"/{endpoint}",
+            "lipsync.operation": "submit",
+            "lipsync.credits.estimated": self.credits,
+            **common,
+        }
+        self.by_outcome = {
+            outcome: {**common, "lipsync.submit.outcome": outcome}
+            for outcome in ("accepted", "refused", "uncertain")
+        }
+
+
 class _SubmitSpan:
-    """``POST /{endpoint}``: one submit, retries included; its outcome and the job id."""
+    """``POST /{endpoint}``: one submit, retries included; its outcome and the job id.
+
+    Current (the OpenTelemetry context's span, and :data:`_SUBMIT`) from its start until the
+    job is tracked (:meth:`release`, from ``job_tracked``) or the submit fails: the HTTP
+    request and the store write are its children, what the tracker schedules is not.
+    """
+
+    __slots__ = ("_job_id", "_kind", "_otel_token", "_span", "_tel", "_token", "context")
 
     def __init__(self, tel: _Otel, request: Request) -> None:
         self._tel = tel
-        self._request = request
+        resolution = getattr(request, "resolution", None) or "480p"
+        kind = tel._kinds.get((request.endpoint, resolution))
+        if kind is None:
+            kind = tel._kinds[request.endpoint, resolution] = _SubmitKind(
+                request.endpoint, resolution
+            )
+        self._kind = kind
         self._span: Any = None
         self._token: Any = None
-        self._use: Any = None
+        self._otel_token: Any = None
         self._job_id: str | None = None
+        self.context: tuple[str, int] = ("", 0)  # (traceparent, start in ns since the epoch)
 
     def __enter__(self) -> _SubmitSpan:
-        tel, request = self._tel, self._request
-        resolution = getattr(request, "resolution", None) or "480p"
-        self._attributes = {"lipsync.endpoint": request.endpoint, "lipsync.resolution": resolution}
-        self._credits = _MIN_CREDITS_SECONDS * (4.0 if resolution == "720p" else 2.0)
-        self._span = tel.tracer.start_span(
-            f"POST /{request.endpoint}",
-            kind=tel._trace.SpanKind.CLIENT,
-            attributes={
-                "http.request.method": "POST",
-                "url.template": f"/{request.endpoint}",
-                "lipsync.operation": "submit",
-                "lipsync.credits.estimated": self._credits,
-                **self._attributes,
-            },
+        tel, kind = self._tel, self._kind
+        span = self._span = tel.tracer.start_span(
+            kind.name, kind=tel._trace.SpanKind.CLIENT, attributes=kind.attributes
         )
-        self._use = tel._trace.use_span(self._span, end_on_exit=False)
-        self._use.__enter__()
-        started = getattr(self._span, "start_time", None) or time.time_ns()
-        self._token = _SUBMIT.set((tel._format(self._span), started))
+        self._otel_token = tel._attach(tel._in_context(span))
+        self.context = (tel._format(span), getattr(span, "start_time", None) or time.time_ns())
+        self._token = _SUBMIT.set(self)
         return self
 
     def accepted(self, job_id: str) -> None:
         self._job_id = job_id
 
-    def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
-        from ._errors import SubmissionUncertainError
+    def release(self) -> None:
+        """Stop being current: once, and only in the context that entered (a task copied
+        from it has its own copy of both variables, and nothing to undo)."""
+        if self._token is not None:
+            try:
+                _SUBMIT.reset(self._token)
+            except ValueError:  # another context: not this one's to reset
+                return
+            self._tel._detach(self._otel_token)
+            self._token = None
 
-        tel, span = self._tel, self._span
-        _SUBMIT.reset(self._token)
-        self._use.__exit__(None, None, None)  # the exception is recorded here, not there
+    def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
+        tel, span, kind = self._tel, self._span, self._kind
+        self.release()  # an exception is recorded here, not by the context
         job = getattr(exc, "job", None)  # a StoreError after the job was created
         job_id = self._job_id or getattr(job, "id", None)
         if exc is None or job_id is not None:  # the job exists (a store failure is not a refusal)
@@ -451,31 +516,35 @@ class _SubmitSpan:
             outcome = "uncertain"
         else:
             outcome = "refused"
-        span.set_attribute("lipsync.submit.outcome", outcome)
+        attributes: dict[str, Any] = {"lipsync.submit.outcome": outcome}
         if job_id is not None:
-            span.set_attribute("lipsync.job.id", job_id)
-        if exc is not None:
-            span.set_attribute("error.type", _error_type(exc))
+            attributes["lipsync.job.id"] = job_id
+        if exc is None:
+            attributes["http.response.status_code"] = 200
+        else:
+            attributes["error.type"] = _error_type(exc)
             status = _http_status(exc)
             if status is not None:
-                span.set_attribute("http.response.status_code", status)
+                attributes["http.response.status_code"] = status
             span.set_status(tel._trace.StatusCode.ERROR, _error_type(exc))
-        else:
-            span.set_attribute("http.response.status_code", 200)
+        span.set_attributes(attributes)
         span.end()
-        attributes = {**self._attributes, "lipsync.submit.outcome": outcome}
-        tel._submits.add(1, attributes)
+        measured = kind.by_outcome[outcome]
+        tel._submits.add(1, measured)
         if outcome != "refused":
-            tel._credits.add(self._credits, attributes)
+            tel._credits.add(kind.credits, measured)
 
 
 class _ReadSpan:
     """``GET /jobs/{id}``: one status read, a child of the job's submit when it is known."""
 
+    __slots__ = ("_job_id", "_span", "_status", "_tel")
+
     def __init__(self, tel: _Otel, job_id: str) -> None:
         self._tel = tel
         self._job_id = job_id
         self._span: Any = None
+        self._status: str | None = None
 
     def __enter__(self) -> _ReadSpan:
         tel = self._tel
@@ -494,22 +563,24 @@ class _ReadSpan:
         return self
 
     def read(self, state: JobState) -> None:
-        self._span.set_attribute("lipsync.job.status", state.status.value)
+        self._status = state.status.value
 
     def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
         tel, span = self._tel, self._span
-        outcome = "ok"
-        if exc is not None:
-            outcome = "error"
-            span.set_attribute("error.type", _error_type(exc))
+        attributes: dict[str, Any] = {}
+        if self._status is not None:
+            attributes["lipsync.job.status"] = self._status
+        if exc is None:
+            attributes["http.response.status_code"] = 200
+        else:
+            attributes["error.type"] = _error_type(exc)
             status = _http_status(exc)
             if status is not None:
-                span.set_attribute("http.response.status_code", status)
+                attributes["http.response.status_code"] = status
             span.set_status(tel._trace.StatusCode.ERROR, _error_type(exc))
-        else:
-            span.set_attribute("http.response.status_code", 200)
+        span.set_attributes(attributes)
         span.end()
-        tel._reads.add(1, {"lipsync.read.outcome": outcome})
+        tel._reads.add(1, _READ_OK if exc is None else _READ_ERROR)
 
 
 class _DeliverySpan:

@@ -468,3 +468,31 @@ async def test_a_verified_state_from_another_worker_is_labelled_another_worker(
     for name in ("lipsync.jobs.resolved", "lipsync.job.duration", "lipsync.delivery.wake"):
         assert [a.get(by) for a, _ in otel.metrics()[name]] == ["another_worker"], name
     _no_secrets(otel, fake.api_key, SECRET)
+
+
+async def test_the_submit_span_is_not_current_in_what_the_tracker_schedules(
+    fake: FakeLipsyncServer, make_client: ClientFactory, otel: Otel
+) -> None:
+    """The submit span is current for the submit (its HTTP request), not for the timers and
+    reader tasks the tracker makes while tracking the job: the status reads' and the
+    resolution's measurements carry no exemplar of a submit span (they did: every read ran
+    in the context of whichever submit had made its bucket's timer)."""
+    client: LipsyncClient = await make_client(**otel.kwargs)
+    jobs = await asyncio.gather(*(client.lipsync_image(image=IMAGE, audio=AUDIO) for _ in range(5)))
+    await asyncio.gather(*(job.wait(5) for job in jobs))
+
+    submits = {s.context.span_id for s in otel.named("POST /lipsync-image") if s.context}
+    assert len(submits) == 5
+    data = otel.reader.get_metrics_data()
+    assert data is not None
+    exemplified = {
+        (metric.name, exemplar.span_id)
+        for resource in data.resource_metrics
+        for scope in resource.scope_metrics
+        for metric in scope.metrics
+        for point in metric.data.data_points
+        for exemplar in getattr(point, "exemplars", None) or ()
+        if exemplar.span_id in submits
+    }
+    assert not exemplified
+    assert otel.total("lipsync.status_reads") >= 5

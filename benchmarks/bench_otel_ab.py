@@ -1,0 +1,138 @@
+"""What a configured OpenTelemetry provider costs a fan-out, this tree's ``_telemetry`` against
+another revision's, in one run.
+
+``bench_fanout``'s ``gather`` fan-out of N zero-length jobs (polling, concurrency 64), four
+rows, interleaved round by round so that the shared machine's load falls on all of them alike:
+
+- ``SDK`` (the ``otel`` extra hidden, as in a process that never installed it): the baseline;
+- ``no provider`` (the API imported, nothing configured: the no-op telemetry);
+- ``provider, <REF>``: ``bench_fanout``'s provider row (the real SDK's tracer provider, a batch
+  span processor and an exporter that discards, a meter provider with an in-memory reader)
+  with ``lipsync_async/_telemetry.py`` as it is at git revision REF (``main`` by default),
+  loaded beside this tree's and put in its place for that row;
+- ``provider, this tree``: the same with this tree's ``_telemetry``.
+
+The table shows each row's median round: jobs/s, client CPU per job (the steadier figure on a
+shared machine) and the cost over ``SDK`` per job, and the ratio of the two provider rows.
+
+Usage: ``python benchmarks/bench_otel_ab.py [--n 2000] [--rounds 5] [--ref main]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import importlib.util
+import os
+import statistics
+import subprocess
+import sys
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from types import ModuleType
+from typing import Any
+
+from _bench import HERE, Emulator, Meter, bounded, emit, fmt, ratio, table
+from bench_fanout import OTEL_NONE, OTEL_ON, sdk
+
+import lipsync_async._client as client_module
+
+ROWS = ("SDK", "no provider", "provider, REF", "provider, this tree")
+
+
+def load_revision(ref: str) -> ModuleType:
+    """``lipsync_async/_telemetry.py`` at ``ref``, as a module of the package (its relative
+    imports resolve to this tree's modules, which is what the row compares)."""
+    source = subprocess.run(
+        ["git", "show", f"{ref}:lipsync_async/_telemetry.py"],
+        cwd=HERE.parent,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    name = "lipsync_async._telemetry_" + "".join(c if c.isalnum() else "_" for c in ref)
+    spec = importlib.util.spec_from_loader(name, loader=None)
+    assert spec is not None
+    module = importlib.util.module_from_spec(spec)
+    module.__package__ = "lipsync_async"
+    sys.modules[name] = module
+    exec(compile(source, f"<{ref}:_telemetry.py>", "exec"), module.__dict__)  # noqa: S102
+    return module
+
+
+@contextmanager
+def telemetry_of(module: ModuleType | None) -> Iterator[None]:
+    """Clients opened inside resolve their telemetry with ``module`` (None: this tree's)."""
+    names = vars(client_module)  # where LipsyncClient.__aenter__ looks ``resolve`` up
+    saved = names["resolve"]
+    if module is not None:
+        names["resolve"] = module.resolve
+    try:
+        yield
+    finally:
+        names["resolve"] = saved
+
+
+async def measure(emu: Emulator, row: str, n: int, base: ModuleType) -> dict[str, Any]:
+    await emu.reset(job_duration=0.0)
+    stats: Counter[str] = Counter()
+    otel = {"SDK": None, "no provider": OTEL_NONE}.get(row, OTEL_ON)
+    gc.collect()
+    with telemetry_of(base if row == "provider, REF" else None):
+        async with Meter(emu) as m:
+            await bounded(sdk(emu.base_url, emu.api_key, n, stats, otel), 30 + n / 50, row)
+    if stats["done"] != n:
+        raise RuntimeError(f"{row}: {stats['done']} of {n} jobs resolved")
+    print(f"  {row:20s} N={n:,}: {n / m.wall:6.0f} jobs/s", file=sys.stderr, flush=True)
+    return {"jobs_per_s": n / m.wall, "client_cpu_us": m.cpu / n * 1e6}
+
+
+async def main(n: int, rounds: int, ref: str) -> None:
+    base = load_revision(ref)
+    load_before = os.getloadavg()[0]
+    runs: dict[str, list[dict[str, Any]]] = {row: [] for row in ROWS}
+    async with Emulator() as emu:
+        for row in ROWS:  # warm up both processes, and import the SDK before any timing
+            await measure(emu, row, 300, base)
+        for _ in range(rounds):
+            for row in ROWS:
+                runs[row].append(await measure(emu, row, n, base))
+    load_after = os.getloadavg()[0]
+    med = {
+        row: {k: statistics.median(r[k] for r in runs[row]) for k in runs[row][0]} for row in ROWS
+    }
+    sdk_cpu = med["SDK"]["client_cpu_us"]
+    rows = [
+        [
+            row.replace("REF", ref),
+            fmt(med[row]["jobs_per_s"]),
+            ratio(med[row]["jobs_per_s"], med["SDK"]["jobs_per_s"]),
+            fmt(med[row]["client_cpu_us"]),
+            ratio(med[row]["client_cpu_us"], sdk_cpu),
+            fmt(med[row]["client_cpu_us"] - sdk_cpu),
+            " ".join(fmt(r["client_cpu_us"]) for r in runs[row]),
+        ]
+        for row in ROWS
+    ]
+    before = med["provider, REF"]["client_cpu_us"] - sdk_cpu
+    after = med["provider, this tree"]["client_cpu_us"] - sdk_cpu
+    text = table(
+        f"OpenTelemetry cost, fan-out of N={n:,} zero-length jobs (median of {rounds} "
+        f"interleaved rounds; load average {load_before:.2f} before, {load_after:.2f} after); "
+        f"provider overhead per job: {fmt(before)} us ({ref}) -> {fmt(after)} us (this tree), "
+        f"{ratio(after, before)}",
+        ["row", "jobs/s", "vs SDK", "client CPU us/job", "CPU vs SDK", "over SDK us", "rounds"],
+        rows,
+    )
+    emit("otel_ab", text, {"n": n, "ref": ref, "runs": runs})
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--n", type=int, default=2000)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--ref", default="main", help="the revision the provider row compares")
+    args = parser.parse_args()
+    asyncio.run(main(args.n, args.rounds, args.ref))
