@@ -13,7 +13,11 @@ rows, interleaved round by round so that the shared machine's load falls on all 
 - ``provider, this tree``: the same with this tree's ``_telemetry``.
 
 The table shows each row's median round: jobs/s, client CPU per job (the steadier figure on a
-shared machine) and the cost over ``SDK`` per job, and the ratio of the two provider rows.
+shared machine), the cost over ``SDK`` per job, and the part of the CPU the garbage collector
+took (``gc.callbacks``: the OpenTelemetry SDK's spans and measurements are many objects, and
+the batch processor keeps up to 2,048 spans alive). The title gives the provider's overhead
+over ``SDK`` for both revisions, and the median of the paired per-round differences between
+the two provider rows (each round runs them back to back: the machine's drift cancels).
 
 Usage: ``python benchmarks/bench_otel_ab.py [--n 2000] [--rounds 5] [--ref main]``
 """
@@ -28,6 +32,7 @@ import os
 import statistics
 import subprocess
 import sys
+import time
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -40,6 +45,24 @@ from bench_fanout import OTEL_NONE, OTEL_ON, sdk
 import lipsync_async._client as client_module
 
 ROWS = ("SDK", "no provider", "provider, REF", "provider, this tree")
+
+
+class GCTime:
+    """CPU seconds in the garbage collector, from ``gc.callbacks``."""
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+        self._start = 0.0
+        gc.callbacks.append(self._phase)
+
+    def _phase(self, phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            self._start = time.process_time()
+        else:
+            self.seconds += time.process_time() - self._start
+
+
+GC = GCTime()
 
 
 def load_revision(ref: str) -> ModuleType:
@@ -58,7 +81,9 @@ def load_revision(ref: str) -> ModuleType:
     module = importlib.util.module_from_spec(spec)
     module.__package__ = "lipsync_async"
     sys.modules[name] = module
-    exec(compile(source, f"<{ref}:_telemetry.py>", "exec"), module.__dict__)  # noqa: S102
+    # The file name a profiler shows: profile_fanout groups frames by it.
+    filename = f"<{ref}>/lipsync_async/_telemetry.py"
+    exec(compile(source, filename, "exec"), module.__dict__)  # noqa: S102
     return module
 
 
@@ -81,12 +106,18 @@ async def measure(emu: Emulator, row: str, n: int, base: ModuleType) -> dict[str
     otel = {"SDK": None, "no provider": OTEL_NONE}.get(row, OTEL_ON)
     gc.collect()
     with telemetry_of(base if row == "provider, REF" else None):
+        gc_before = GC.seconds
         async with Meter(emu) as m:
             await bounded(sdk(emu.base_url, emu.api_key, n, stats, otel), 30 + n / 50, row)
+        gc_seconds = GC.seconds - gc_before
     if stats["done"] != n:
         raise RuntimeError(f"{row}: {stats['done']} of {n} jobs resolved")
     print(f"  {row:20s} N={n:,}: {n / m.wall:6.0f} jobs/s", file=sys.stderr, flush=True)
-    return {"jobs_per_s": n / m.wall, "client_cpu_us": m.cpu / n * 1e6}
+    return {
+        "jobs_per_s": n / m.wall,
+        "client_cpu_us": m.cpu / n * 1e6,
+        "gc_us": gc_seconds / n * 1e6,
+    }
 
 
 async def main(n: int, rounds: int, ref: str) -> None:
@@ -112,18 +143,32 @@ async def main(n: int, rounds: int, ref: str) -> None:
             fmt(med[row]["client_cpu_us"]),
             ratio(med[row]["client_cpu_us"], sdk_cpu),
             fmt(med[row]["client_cpu_us"] - sdk_cpu),
+            fmt(med[row]["gc_us"]),
             " ".join(fmt(r["client_cpu_us"]) for r in runs[row]),
         ]
         for row in ROWS
     ]
     before = med["provider, REF"]["client_cpu_us"] - sdk_cpu
     after = med["provider, this tree"]["client_cpu_us"] - sdk_cpu
+    paired = statistics.median(
+        a["client_cpu_us"] - b["client_cpu_us"]
+        for a, b in zip(runs["provider, this tree"], runs["provider, REF"], strict=True)
+    )
     text = table(
         f"OpenTelemetry cost, fan-out of N={n:,} zero-length jobs (median of {rounds} "
         f"interleaved rounds; load average {load_before:.2f} before, {load_after:.2f} after); "
         f"provider overhead per job: {fmt(before)} us ({ref}) -> {fmt(after)} us (this tree), "
-        f"{ratio(after, before)}",
-        ["row", "jobs/s", "vs SDK", "client CPU us/job", "CPU vs SDK", "over SDK us", "rounds"],
+        f"{ratio(after, before)}; paired per round: {paired:+,.0f} us/job",
+        [
+            "row",
+            "jobs/s",
+            "vs SDK",
+            "client CPU us/job",
+            "CPU vs SDK",
+            "over SDK us",
+            "of which GC us",
+            "CPU us/job by round",
+        ],
         rows,
     )
     emit("otel_ab", text, {"n": n, "ref": ref, "runs": runs})

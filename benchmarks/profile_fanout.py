@@ -17,8 +17,11 @@ detach, ``set_span_in_context``, what our calls into it cost) and ours (``_telem
 frames: attribute dicts, f-strings, traceparent parsing, C calls it makes); a second table
 gives each telemetry hook's inclusive cost (the outermost ``_telemetry`` frame of a sample).
 
-Usage: ``python benchmarks/profile_fanout.py --mode gather --n 5000 [--otel]`` (needs
-``py-spy``).
+``--ref REV`` (with ``--otel``): ``_telemetry.py`` as it is at git revision REV instead of this
+tree's (``bench_otel_ab.load_revision``), to profile before and after a change.
+
+Usage: ``python benchmarks/profile_fanout.py --mode gather --n 5000 [--otel [--ref main]]``
+(needs ``py-spy``).
 """
 
 from __future__ import annotations
@@ -139,10 +142,17 @@ def main() -> None:
     parser.add_argument("--mode", choices=("gather", "many", "raw"), default="gather")
     parser.add_argument("--n", type=int, default=5000)
     parser.add_argument("--otel", action="store_true", help="with a tracer and meter provider")
+    parser.add_argument("--ref", help="with --otel: _telemetry.py as at this git revision")
     parser.add_argument("--child", action="store_true")
     args = parser.parse_args()
     if args.child:
-        cpu = asyncio.run(run(args.mode, args.n, args.otel))
+        if args.ref:
+            from bench_otel_ab import load_revision, telemetry_of
+
+            with telemetry_of(load_revision(args.ref)):
+                cpu = asyncio.run(run(args.mode, args.n, args.otel))
+        else:
+            cpu = asyncio.run(run(args.mode, args.n, args.otel))
         print(f"cpu {cpu:.3f}")
         return
     with tempfile.TemporaryDirectory() as tmp:
@@ -168,6 +178,7 @@ def main() -> None:
             "--n",
             str(args.n),
             *(["--otel"] if args.otel else []),
+            *(["--ref", args.ref] if args.ref else []),
         ]
         env = dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
         res = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env, check=False)
@@ -178,6 +189,8 @@ def main() -> None:
             stack, _, count = line.rpartition(" ")
             if "process_time" in stack and "run" not in stack:
                 continue
+            if "profile_fanout.py:" in stack and ";providers (" in stack:
+                continue  # importing the OpenTelemetry SDK: before the measured time
             samples[classify(stack)] += int(count)
             if (name := hook(stack)) is not None:
                 hooks[name] += int(count)
@@ -190,7 +203,8 @@ def main() -> None:
     rows.append(["total (process_time)", "100%", f"{per_job:.0f}"])
     print(
         table(
-            f"Client CPU per job, {args.mode}{' with OpenTelemetry' if args.otel else ''}, "
+            f"Client CPU per job, {args.mode}{' with OpenTelemetry' if args.otel else ''}"
+            f"{f' (_telemetry of {args.ref})' if args.ref else ''}, "
             f"N={args.n:,} (py-spy, {total:,} samples; load {os.getloadavg()[0]:.2f})",
             ["group (innermost frame)", "share", "us/job"],
             rows,

@@ -194,6 +194,10 @@ class _Otel(Telemetry):
         self._attach = context.attach
         self._detach = context.detach
         self._in_context = trace.set_span_in_context
+        self._root = context.Context()
+        self._SpanContext = trace.SpanContext
+        self._NonRecordingSpan = trace.NonRecordingSpan
+        self._flags = {"00": trace.TraceFlags(0), "01": trace.TraceFlags(1)}
         # Per (endpoint, resolution) and per (outcome, resolved_by): the attribute dicts each
         # span and measurement takes, built once (a few dozen at most; the SDK copies them).
         self._kinds: dict[tuple[str, str], _SubmitKind] = {}
@@ -276,14 +280,16 @@ class _Otel(Telemetry):
         """
         if not traceparent:
             return None
-        trace = self._trace
-        parent = trace.SpanContext(
+        flags = traceparent[53:55]
+        parent = self._SpanContext(
             trace_id=int(traceparent[3:35], 16),
             span_id=int(traceparent[36:52], 16),
             is_remote=True,
-            trace_flags=trace.TraceFlags(int(traceparent[53:55], 16)),
+            trace_flags=self._flags.get(flags) or self._trace.TraceFlags(int(flags, 16)),
         )
-        return self._in_context(trace.NonRecordingSpan(parent))
+        # On an empty context, not the current one: only the parent span matters to
+        # start_span, and the current context need not be looked up and copied.
+        return self._in_context(self._NonRecordingSpan(parent), self._root)
 
     def _link(self, traceparent: str | None) -> list[Any]:
         context = self._context(traceparent)
@@ -536,38 +542,36 @@ class _SubmitSpan:
 
 
 class _ReadSpan:
-    """``GET /jobs/{id}``: one status read, a child of the job's submit when it is known."""
+    """``GET /jobs/{id}``: one status read, a child of the job's submit when it is known.
 
-    __slots__ = ("_job_id", "_span", "_status", "_tel")
+    Made whole when the read ends (its start time set back): never current, it needs no live
+    span while the read runs, and one ``start_span`` with every attribute costs the SDK less
+    than a span started, then given attributes under its lock.
+    """
+
+    __slots__ = ("_job_id", "_start", "_status", "_tel")
 
     def __init__(self, tel: _Otel, job_id: str) -> None:
         self._tel = tel
         self._job_id = job_id
-        self._span: Any = None
         self._status: str | None = None
+        self._start = 0
 
     def __enter__(self) -> _ReadSpan:
-        tel = self._tel
-        trace = tel.trace_of(self._job_id)
-        self._span = tel.tracer.start_span(
-            "GET /jobs/{id}",
-            context=tel._context(trace) if trace else None,
-            kind=tel._trace.SpanKind.CLIENT,
-            attributes={
-                "http.request.method": "GET",
-                "url.template": "/jobs/{id}",
-                "lipsync.operation": "status_read",
-                "lipsync.job.id": self._job_id,
-            },
-        )
+        self._start = time.time_ns()
         return self
 
     def read(self, state: JobState) -> None:
         self._status = state.status.value
 
     def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
-        tel, span = self._tel, self._span
-        attributes: dict[str, Any] = {}
+        tel = self._tel
+        attributes: dict[str, Any] = {
+            "http.request.method": "GET",
+            "url.template": "/jobs/{id}",
+            "lipsync.operation": "status_read",
+            "lipsync.job.id": self._job_id,
+        }
         if self._status is not None:
             attributes["lipsync.job.status"] = self._status
         if exc is None:
@@ -577,8 +581,16 @@ class _ReadSpan:
             status = _http_status(exc)
             if status is not None:
                 attributes["http.response.status_code"] = status
+        trace = tel.trace_of(self._job_id)
+        span = tel.tracer.start_span(
+            "GET /jobs/{id}",
+            context=tel._context(trace) if trace else None,
+            kind=tel._trace.SpanKind.CLIENT,
+            attributes=attributes,
+            start_time=self._start,
+        )
+        if exc is not None:
             span.set_status(tel._trace.StatusCode.ERROR, _error_type(exc))
-        span.set_attributes(attributes)
         span.end()
         tel._reads.add(1, _READ_OK if exc is None else _READ_ERROR)
 
