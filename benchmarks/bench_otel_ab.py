@@ -166,7 +166,7 @@ async def main(n: int, rounds: int, ref: str) -> None:
             "client CPU us/job",
             "CPU vs SDK",
             "over SDK us",
-            "of which GC us",
+            "GC us/job",
             "CPU us/job by round",
         ],
         rows,

@@ -3,10 +3,10 @@
 Runs one fan-out (``--mode gather``: ``asyncio.gather`` of ``client.lipsync_image`` calls;
 ``many``: ``client.submit_many``; ``raw``: bare aiohttp POST + GET pairs) of N zero-length
 jobs against the emulator in its own process, under ``py-spy record`` (raw collapsed stacks,
-``--gil --nonblocking``, 250 Hz), then attributes each sample to the innermost frame that belongs to
-a group: aiohttp, yarl/multidict, JSON, the SDK's own modules, attrs/cattrs, task machinery
-(``create_task``, ``Task.__step``, futures, semaphores), the event loop and selector. Prints
-a table of microseconds of client CPU per job per group.
+``--gil --nonblocking``, 250 Hz or ``--rate``), then attributes each sample to the innermost
+frame that belongs to a group: aiohttp, yarl/multidict, JSON, the SDK's own modules,
+attrs/cattrs, task machinery (``create_task``, ``Task.__step``, futures, semaphores), the event
+loop and selector. Prints a table of microseconds of client CPU per job per group.
 
 ``--otel``: the same fan-out with OpenTelemetry on (``bench_fanout``'s provider row: the real
 SDK's tracer provider, a batch span processor and an exporter that discards, a meter provider
@@ -143,6 +143,7 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=5000)
     parser.add_argument("--otel", action="store_true", help="with a tracer and meter provider")
     parser.add_argument("--ref", help="with --otel: _telemetry.py as at this git revision")
+    parser.add_argument("--rate", type=int, default=250, help="py-spy samples per second")
     parser.add_argument("--child", action="store_true")
     args = parser.parse_args()
     if args.child:
@@ -166,7 +167,7 @@ def main() -> None:
             "--gil",
             "--nonblocking",
             "--rate",
-            "250",
+            str(args.rate),
             "-o",
             str(out),
             "--",
