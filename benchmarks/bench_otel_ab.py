@@ -19,7 +19,13 @@ the batch processor keeps up to 2,048 spans alive). The title gives the provider
 over ``SDK`` for both revisions, and the median of the paired per-round differences between
 the two provider rows (each round runs them back to back: the machine's drift cancels).
 
-Usage: ``python benchmarks/bench_otel_ab.py [--n 2000] [--rounds 5] [--ref main]``
+``--hooks``: no fan-out, no I/O: the telemetry calls of one polled job (the submit span, the
+job tracked, one status read span, the resolution with its job span and measurements) N times,
+the two revisions interleaved: what the hooks and the OpenTelemetry SDK work they ask for cost,
+without the network's noise (nor the garbage collector's share, nor the batch processor's
+thread, which the fan-out rows include).
+
+Usage: ``python benchmarks/bench_otel_ab.py [--n 2000] [--rounds 5] [--ref main] [--hooks]``
 """
 
 from __future__ import annotations
@@ -120,6 +126,54 @@ async def measure(emu: Emulator, row: str, n: int, base: ModuleType) -> dict[str
     }
 
 
+def hooks_round(module: ModuleType, n: int) -> float:
+    """Client CPU per job of ``module``'s hooks for ``n`` polled jobs, in microseconds."""
+    from profile_fanout import providers
+
+    from lipsync_async import LipsyncImageRequest
+    from lipsync_async._wire import parse_job_state
+
+    request = LipsyncImageRequest(image="https://example.com/a.png", audio="https://e.com/a.mp3")
+    state = parse_job_state({"id": "j", "status": "completed", "output": "https://cdn/j.mp4"})
+    kwargs = providers()
+    tel = module.resolve(kwargs["tracer_provider"], kwargs["meter_provider"])
+    gc.collect()
+    t0 = time.process_time()
+    for i in range(n):
+        job_id = f"job-{i}"
+        with tel.submit_span(request) as span:
+            tel.job_tracked(job_id, tel.submit_context(), by_webhook=False)
+            span.accepted(job_id)
+        with tel.read_span(job_id) as read:
+            read.read(state)
+        tel._end(job_id, "completed", "read")  # what resolved() does, without a Job
+    cpu = time.process_time() - t0
+    for provider in kwargs.values():
+        provider.shutdown()
+    return cpu / n * 1e6
+
+
+def hooks(n: int, rounds: int, ref: str) -> None:
+    import lipsync_async._telemetry as tree
+
+    base = load_revision(ref)
+    runs: dict[str, list[float]] = {ref: [], "this tree": []}
+    for _ in range(rounds):
+        runs[ref].append(hooks_round(base, n))
+        runs["this tree"].append(hooks_round(tree, n))
+    med = {k: statistics.median(v) for k, v in runs.items()}
+    text = table(
+        f"OpenTelemetry hooks of one polled job, no I/O (N={n:,}, median of {rounds} "
+        f"interleaved rounds; load average {os.getloadavg()[0]:.2f})",
+        ["_telemetry", "client CPU us/job", "vs " + ref, "CPU us/job by round"],
+        [
+            [k, fmt(med[k]), ratio(med[k], med[ref]), " ".join(fmt(x) for x in v)]
+            for k, v in runs.items()
+        ],
+    )
+    emit("otel_hooks", text, {"n": n, "ref": ref, "runs": runs})
+
+
 async def main(n: int, rounds: int, ref: str) -> None:
     base = load_revision(ref)
     load_before = os.getloadavg()[0]
@@ -179,5 +233,9 @@ if __name__ == "__main__":
     parser.add_argument("--n", type=int, default=2000)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--ref", default="main", help="the revision the provider row compares")
+    parser.add_argument("--hooks", action="store_true", help="the hooks alone, no I/O")
     args = parser.parse_args()
-    asyncio.run(main(args.n, args.rounds, args.ref))
+    if args.hooks:
+        hooks(args.n, args.rounds, args.ref)
+    else:
+        asyncio.run(main(args.n, args.rounds, args.ref))

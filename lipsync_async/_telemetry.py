@@ -197,7 +197,8 @@ class _Otel(Telemetry):
         self._root = context.Context()
         self._SpanContext = trace.SpanContext
         self._NonRecordingSpan = trace.NonRecordingSpan
-        self._flags = {"00": trace.TraceFlags(0), "01": trace.TraceFlags(1)}
+        # sampled and random-trace-id (W3C level 2) bits: the flags a traceparent here has
+        self._flags = {f"{i:02x}": trace.TraceFlags(i) for i in range(4)}
         # Per (endpoint, resolution) and per (outcome, resolved_by): the attribute dicts each
         # span and measurement takes, built once (a few dozen at most; the SDK copies them).
         self._kinds: dict[tuple[str, str], _SubmitKind] = {}
