@@ -269,6 +269,10 @@ async def test_on_complete_runs_once_per_job_across_a_fleet_with_kills(
     end; workers SIGKILLed at random moments, sometimes inside ``on_complete``, and restarted
     under the same or a new worker id. Every job's ``on_complete`` ends at least once, and
     exactly once (a single start) for every job no worker died inside the callback of."""
+    # A live worker whose loop stalls longer than its lease is "dead" to the others, which is
+    # the documented at-least-once case: the lease must outlast this loaded process's stalls
+    # (0.5 s did not, under two xdist workers and coverage: a callback ran twice).
+    LEASE = 2.0
     rng = random.Random(seed)
     fake.job_duration = 0.6
     fake.webhook_duplicate_rate = 0.3
@@ -280,7 +284,7 @@ async def test_on_complete_runs_once_per_job_across_a_fleet_with_kills(
     def spawn(i: int, mode: str, worker: str, *extra: str) -> asyncio.Task[Worker]:
         args = _args(
             fake, redis_url, prefix,
-            "--worker", worker, "--lease", "0.5", "--port", str(ports[i]),
+            "--worker", worker, "--lease", str(LEASE), "--port", str(ports[i]),
             "--public-url", f"http://127.0.0.1:{ports[(i + 1) % 3]}", "--secret", SECRET,
             "--grace", "0.8", "--poll-interval", "0.2", "--complete-log", str(log),
             "--complete-delay", "0.15", *extra,
@@ -297,7 +301,7 @@ async def test_on_complete_runs_once_per_job_across_a_fleet_with_kills(
     observer = LipsyncClient(
         fake.api_key,
         base_url=fake.base_url,
-        store=RedisStore(redis_url, prefix=prefix, lease=0.5),
+        store=RedisStore(redis_url, prefix=prefix, lease=LEASE),
         poll_interval=0.2,
         on_complete=observed,
     )
