@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import lipsync_async
 from lipsync_async import LipsyncClinet  # E: attr-defined
-from lipsync_async import JobState, LipsyncClient, NotFoundError, Order, Resolution
+from lipsync_async import Job, JobState, LipsyncClient, NotFoundError, Order, Resolution
+from lipsync_async.stores import RedisStore
 
 
 def on_progress(done: int) -> None:  # the SDK calls progress(done, total_or_None)
@@ -36,3 +37,23 @@ async def main() -> None:
     version: str = lipsync_async.__version__
     lipsync_async.__versoin__  # E: attr-defined
     print(LipsyncClinet, resolution, wrong, order, version)
+
+
+def completed(job: Job) -> None:
+    print(job.state)
+
+
+async def completed_later(job: Job) -> None:
+    print(job.id)
+
+
+def completed_wrong(state: JobState) -> None:  # on_complete gets the Job, not its state
+    print(state.output)
+
+
+def fleet() -> None:
+    store = RedisStore("redis://127.0.0.1:6379/0", worker="w1", lease=30.0)
+    LipsyncClient(store=store, on_complete=completed)
+    LipsyncClient(store=store, on_complete=completed_later)
+    LipsyncClient(store=store, on_complete=completed_wrong)  # E: arg-type
+    RedisStore(lease="30")  # E: arg-type
