@@ -493,3 +493,32 @@ async def test_a_burst_of_ends_runs_at_most_64_callbacks_at_once(
     go.set()
     await until(lambda: len(ran) == 300, what="every callback")
     assert sorted(ran) == sorted(j.id for j in jobs)
+
+
+async def test_a_large_orphan_set_is_adopted_in_chunks(
+    redis_url: str, prefix: str, peer: object
+) -> None:
+    """2,500 jobs of a worker that closed are all adopted by one live worker's ``pending()``,
+    exactly once each, in several script calls of at most 1,000 jobs (Redis is never blocked
+    for the whole set): the server's own command count shows the calls."""
+    import redis.asyncio as aioredis
+
+    assert isinstance(peer, aioredis.Redis)
+    dead = RedisStore(redis_url, prefix=prefix, worker="dead")
+    live = RedisStore(redis_url, prefix=prefix, worker="live")
+    await dead.open()
+    ids = [f"orphan-{i}" for i in range(2500)]
+    await asyncio.gather(*(dead.add_pending(_record(i)) for i in ids))
+    await dead.close()  # its lease ends now: its jobs are adoptable at once
+    await live.open()
+    try:
+        await peer.config_resetstat()
+        records = await live.pending()
+        calls = (await peer.info("commandstats")).get("cmdstat_evalsha", {}).get("calls", 0)
+        assert sorted(r.id for r, _ in records) == sorted(ids)
+        assert {r.owner for r, _ in records} == {"live"}
+        assert live.adopted == 2500
+        assert calls >= 3  # 1,000 + 1,000 + 500: never the whole set in one call
+        assert await live.pending() and live.adopted == 2500  # nothing adopted twice
+    finally:
+        await live.close()

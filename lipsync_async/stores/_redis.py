@@ -21,20 +21,23 @@ id, such as ``{prefix}:jobs:<worker>``, share the tag too)::
 **Ownership and lease.** A submit records its job under the submitting worker (``worker``, a
 random id unless you name one). Each store object renews its worker's lease with one command
 every ``lease / 3`` seconds, whatever the number of jobs (a ``ZADD`` into ``{prefix}:leases``
-whose score is the expiry computed from the Redis server's ``TIME`` inside the script). A worker
-is alive while its score is in the future. Only the Redis server's clock is ever read, so the
-workers' clocks may be skewed by any amount; what matters is that a worker's event loop renews
-within the lease (it has two missed renewals of slack). ``lease`` defaults to 30 s: a crashed
-worker's jobs are adopted 30 to 40 s after its last renewal. :meth:`pending` renews the
-caller's lease and, in one script, moves every job of every expired worker to the caller (then
-forgets that worker); scripts run one at a time, so each orphan is adopted by exactly one live
-worker. The heartbeat also reports expired workers, and a client adopts their jobs on its own
-(``LipsyncClient`` calls :meth:`pending` then), so orphans do not wait for someone to restart.
-A clean :meth:`close` ends the lease at once (score 0): the jobs it leaves pending are
-adoptable immediately. A worker restarted with the same ``worker`` id before its jobs were
-adopted finds them its own again. A worker cut off from Redis for longer than the lease may
-have its jobs adopted while it still tracks them: both then poll them (and the completion
-claim below keeps ``on_complete`` single).
+whose score is the expiry computed from the Redis server's ``TIME`` inside the script). A
+worker is alive while its score is in the future. Only the Redis server's clock is ever read,
+so the workers' clocks may be skewed by any amount; what matters is that a worker's event loop
+renews within the lease (it has two missed renewals of slack). ``lease`` defaults to 30 s: a
+crashed worker's jobs are adopted 30 to 40 s after its last renewal. :meth:`pending` renews the
+caller's lease and moves the jobs of expired workers to the caller, 1,000 per script call (a
+worker that owns nothing more is forgotten), calling again until none is left: Redis is never
+blocked for a whole dead worker's set, and live workers adopting at the same time share the
+orphans. Scripts run one at a time and each moves a job out of its dead owner's set, so each
+orphan is adopted by exactly one live worker. The heartbeat also reports expired workers, and a
+client adopts their jobs on its own (``LipsyncClient`` calls :meth:`pending` then), so orphans
+do not wait for someone to restart. A clean :meth:`close` ends the lease at once (score 0): the
+jobs it leaves pending are adoptable immediately. A worker restarted with the same ``worker``
+id before its jobs were adopted finds them its own again. A worker cut off from Redis for
+longer than the lease may have its jobs adopted while it still tracks them: both then poll them
+(and the completion claim below keeps ``on_complete`` single, but for a callback running while
+its lease ran out).
 
 **Routing.** A final state is recorded once: the script ``SET NX``es ``{prefix}:final:<id>``
 and, only if that was the first record, looks up the job's owner and ``PUBLISH``es the state
@@ -99,6 +102,7 @@ __all__ = ["RedisStore"]
 log = logging.getLogger("lipsync_async.stores")
 
 _CHUNK: Final = 500  # states per script call / ids per MGET
+_ADOPT: Final = 1000  # orphans moved per adoption script call
 _WORKER_ID: Final = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 
 # Every script that reads the clock reads the server's; before Redis 5 a script must ask for
@@ -175,27 +179,28 @@ end
 return 0
 """
 
-# KEYS: leases, owner, jobs:W. ARGV: head, W, lease ms. Renews W's lease, moves every job of
-# every expired worker to W, returns {adopted count, W's job ids...}.
+# KEYS: leases, owner, jobs:W. ARGV: head, W, lease ms, chunk. Renews W's lease and moves at
+# most `chunk` jobs of expired workers to W (an expired worker leaves the leases once it owns
+# nothing); returns how many moved. Called until it moves fewer than `chunk`: Redis is never
+# blocked for a whole dead worker's set, and live workers adopting at once share the orphans.
 _PENDING: Final = (
     _NOW
     + """
-local H, W = ARGV[1], ARGV[2]
+local H, W, room = ARGV[1], ARGV[2], tonumber(ARGV[4])
 redis.call('ZADD', KEYS[1], now + tonumber(ARGV[3]), W)
 local adopted = 0
 for _, dead in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now)) do
+  if adopted >= room then break end
   local set = H .. 'jobs:' .. dead
-  for _, id in ipairs(redis.call('SMEMBERS', set)) do
+  local ids = redis.call('SPOP', set, room - adopted)
+  for _, id in ipairs(ids) do
     redis.call('HSET', KEYS[2], id, W)
     redis.call('SADD', KEYS[3], id)
-    adopted = adopted + 1
   end
-  redis.call('DEL', set)
-  redis.call('ZREM', KEYS[1], dead)
+  adopted = adopted + #ids
+  if redis.call('EXISTS', set) == 0 then redis.call('ZREM', KEYS[1], dead) end
 end
-local out = redis.call('SMEMBERS', KEYS[3])
-table.insert(out, 1, tostring(adopted))
-return out
+return adopted
 """
 )
 
@@ -555,12 +560,20 @@ class RedisStore(Store):
 
     async def pending(self) -> list[tuple[PendingRecord, JobState | None]]:
         client = self._open_client()
+        adopted = 0
+        while True:
+            async with self._guard("cannot list pending jobs"):
+                moved = int(
+                    await self._scripts["pending"](
+                        keys=[self._leases_key, self._owner_key, self._jobs_key],
+                        args=[self._head, self.worker, self._lease_ms, _ADOPT],
+                    )
+                )
+            adopted += moved
+            if moved < _ADOPT:
+                break
         async with self._guard("cannot list pending jobs"):
-            raw = await self._scripts["pending"](
-                keys=[self._leases_key, self._owner_key, self._jobs_key],
-                args=[self._head, self.worker, self._lease_ms],
-            )
-        adopted, ids = int(raw[0]), [_text(i) for i in raw[1:]]
+            ids = [_text(i) for i in await client.smembers(self._jobs_key)]
         if adopted:
             self.adopted += adopted
             log.info("adopted %d jobs of expired workers", adopted)
