@@ -21,6 +21,8 @@ from typing import Any, ClassVar, Final, Literal
 import attrs
 from yarl import URL
 
+from ._choices import ORDERS as ORDERS
+from ._choices import RESOLUTIONS as RESOLUTIONS
 from ._errors import ValidationError
 
 __all__ = [
@@ -40,8 +42,6 @@ __all__ = [
 
 Resolution = Literal["480p", "720p"]
 Order = Literal["meanwhile", "left_right", "right_left"]
-RESOLUTIONS: Final = ("480p", "720p")
-ORDERS: Final = ("meanwhile", "left_right", "right_left")
 
 
 class JobStatus(enum.StrEnum):
