@@ -55,7 +55,7 @@ from typing import TYPE_CHECKING, Final
 from ._errors import APIError, AuthenticationError, LipsyncError, NotFoundError
 from ._job import INITIAL, Job, close_all
 from ._models import JobState
-from ._wire import job_path, loads_object, parse_job_state, state_to_wire
+from ._wire import job_path, loads_object, parse_job_state, read_job_state, state_to_wire
 
 if TYPE_CHECKING:
     from ._http import Transport
@@ -455,30 +455,39 @@ class Tracker:
         return None
 
     async def _reader(self) -> None:
+        # One frame for the whole read (the transport's `read` returns its coroutine, no frame
+        # of its own): every resumption of a read passes through each frame above aiohttp's,
+        # so the reader awaits the transport directly (issue 20: reads at the transport's
+        # limit).
+        transport = self._transport
         try:
             while (job := self._next()) is not None:
-                await self._read(job)
+                job_id = job.id
+                try:
+                    status, raw = await transport.read(job_path(job_id), job_id=job_id)
+                    self.reads += 1
+                    read = read_job_state(raw, status, job_id)
+                except (NotFoundError, AuthenticationError) as exc:
+                    log.warning("job %r: status read refused, tracking ends: %s", job_id, str(exc))
+                    self.refuse(job, exc)
+                    continue
+                except LipsyncError as exc:
+                    # A failed read is not a failed job: read again at the next interval.
+                    # str(exc): a record kept by a handler must not keep the traceback (and
+                    # the job).
+                    log.warning("job %r: status read failed, will retry: %s", job_id, str(exc))
+                except Exception:
+                    # A bug must not strand the job (it would stay "being read" forever) nor
+                    # kill this reader with an exception nobody retrieves.
+                    log.exception("job %r: unexpected error during a status read", job_id)
+                else:
+                    if job._slot is _READING:  # not finished (or rescheduled) while we read
+                        if isinstance(read, JobState):  # final
+                            self._apply(job, read)
+                        else:
+                            job._keep(*read)
+                if job._slot is _READING and not job.done():
+                    self._schedule_in(job, self.poll_interval)
         finally:
             # In the step that saw the queue empty (or on cancellation): see invariant 1.
             self._active -= 1
-
-    async def _read(self, job: Job) -> None:
-        try:
-            state = await self.fetch(job.id)
-        except (NotFoundError, AuthenticationError) as exc:
-            log.warning("job %r: status read refused, tracking ends: %s", job.id, str(exc))
-            self.refuse(job, exc)
-            return
-        except LipsyncError as exc:
-            # A failed read is not a failed job: read again at the next interval.
-            # str(exc): a record kept by a handler must not keep the traceback (and the job).
-            log.warning("job %r: status read failed, will retry: %s", job.id, str(exc))
-        except Exception:
-            # A bug must not strand the job (it would stay "being read" forever) nor kill
-            # this reader with an exception nobody retrieves.
-            log.exception("job %r: unexpected error during a status read", job.id)
-        else:
-            if job._slot is _READING:  # not finished (or rescheduled) while we read
-                self._apply(job, state)
-        if job._slot is _READING and not job.done():
-            self._schedule_in(job, self.poll_interval)
