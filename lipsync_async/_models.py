@@ -167,6 +167,8 @@ def check_file(field: str, value: os.PathLike[str]) -> str:
 
 def check_media(field: str, value: object) -> str | os.PathLike[str]:
     """A media input: an http(s) URL string, or a local file (``pathlib.Path``) to be served."""
+    if type(value) is str:  # the common case, without the ABC check of os.PathLike
+        return check_url(field, value)
     if isinstance(value, os.PathLike):
         check_file(field, value)
         return value
@@ -178,7 +180,8 @@ def local_media(request: Request) -> dict[str, os.PathLike[str]]:
     out: dict[str, os.PathLike[str]] = {}
     for name in request.media_fields:
         value = getattr(request, name)
-        if isinstance(value, os.PathLike):
+        # `type(...) is str` first: a URL (nearly always) then skips the ABC check.
+        if type(value) is not str and value is not None and isinstance(value, os.PathLike):
             out[name] = value
     return out
 

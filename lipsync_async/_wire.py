@@ -109,7 +109,11 @@ def dump_request(request: Request, webhook: str | None = None) -> bytes:
     if hook:
         body["webhook"] = hook
     body["formState"] = form_state(request)
-    return json.dumps(body, separators=(",", ":"), allow_nan=False).encode()
+    return _ENCODE(body).encode()
+
+
+# One encoder for every submit: `json.dumps` with any option builds a new JSONEncoder per call.
+_ENCODE: Final = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
 
 
 # -- paths -----------------------------------------------------------------------------------
