@@ -119,8 +119,14 @@ class _RecentIds:
         return False
 
 
-class Bucket(dict[str, Job]):
-    """The jobs due in one tick, by id; knows its tick so that, emptied, it can be dropped."""
+class Bucket(dict[str, None]):
+    """The ids of the jobs due in one tick; knows its tick so that, emptied, it can be dropped.
+
+    Ids, not ``Job`` s: the job table already holds each pending job, and a full collection
+    walks every reference to a tracked object, so a calendar that also held the jobs made
+    every gen-2 pause walk each job twice more than needed (issue 20: the stall at 1M). A
+    read takes the ``Job`` from the table by id.
+    """
 
     __slots__ = ("key",)
 
@@ -331,7 +337,7 @@ class Tracker:
         if slot is not bucket:
             if type(slot) is Bucket:
                 self._leave(slot, job.id)
-            bucket[job.id] = job
+            bucket[job.id] = None
             job._slot = bucket
 
     def _fire(self, key: int) -> None:
@@ -445,10 +451,13 @@ class Tracker:
     def _next(self) -> Job | None:
         """The next queued job, now marked as being read; ``None`` when the queue is empty."""
         ready = self._ready
+        jobs = self._jobs
         while ready:
             bucket = ready[0]
             if bucket:
-                job = bucket.popitem()[1]
+                job = jobs.get(bucket.popitem()[0])
+                if job is None:  # cannot be (invariant 1: a slotted job is in the table)
+                    continue
                 job._slot = _READING
                 return job
             ready.popleft()
