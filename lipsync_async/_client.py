@@ -18,6 +18,7 @@ from collections.abc import (
     AsyncIterator,
     Callable,
     Iterable,
+    Iterator,
     Mapping,
 )
 from pathlib import Path
@@ -641,7 +642,9 @@ class LipsyncClient:
                         if fut is None:
                             fut = room[0] = loop.create_future()
                         await fut
-                    request = await source.next()
+                    # A plain iterable is read with no coroutine per item.
+                    it = source.plain
+                    request = next(it, _END) if it is not None else await source.next()
                     if request is _END:
                         return
                     index = pos[0]
@@ -927,20 +930,20 @@ class _Source:
     lock, so two senders never step it at once.
     """
 
-    __slots__ = ("_aiter", "_iter", "_lock")
+    __slots__ = ("_aiter", "_lock", "plain")
 
     def __init__(self, requests: Iterable[Request] | AsyncIterable[Request]) -> None:
-        self._iter: Any = None
+        self.plain: Iterator[Any] | None = None  # a plain iterable's iterator: read it directly
         self._aiter: Any = None
         if isinstance(requests, AsyncIterable):
             self._aiter = aiter(requests)
             self._lock = asyncio.Lock()
         else:
-            self._iter = iter(requests)
+            self.plain = iter(requests)
 
     async def next(self) -> Any:
-        if self._iter is not None:
-            return next(self._iter, _END)
+        if self.plain is not None:
+            return next(self.plain, _END)
         async with self._lock:
             if self._aiter is None:
                 return _END

@@ -16,8 +16,8 @@ from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Final
 
+from ._choices import ORDERS, RESOLUTIONS
 from ._errors import ValidationError
-from ._models import ORDERS, RESOLUTIONS
 
 __all__ = ["CREDITS_PER_SECOND", "MINIMUM_SECONDS", "estimate_credits"]
 

@@ -53,6 +53,11 @@ _CLOSED: Final = 5
 
 _FIELDS: Final = tuple(f.name for f in attrs.fields(JobState) if f.name != "id")
 _STATUS: Final = _FIELDS.index("status")
+# `Job._keep` packs a read's fields in this order without building a JobState (`_wire`'s
+# `read_job_state` returns them so): a new JobState field must be added to both.
+assert _FIELDS == (  # noqa: S101 - a layout shared with _wire, checked once at import
+    "status", "model", "output", "error", "execution_time_ms", "timings", "output_raw"
+), _FIELDS
 _pack = attrgetter(*_FIELDS)
 
 
@@ -275,6 +280,18 @@ class Job:
             self._end(_FAILED)
         else:
             packed = pack_state(state)
+            if packed != self._state:
+                self._state = packed
+
+    def _keep(self, status: JobStatus, rest: tuple[Any, ...]) -> None:
+        """Take a pending state read (its status, and the other fields in ``_FIELDS`` order)
+        without a ``JobState``: what ``_take`` does for a pending one, minus the model object.
+
+        Unchanged (nearly every read), nothing is stored; changed, a plain tuple the
+        collector untracks.
+        """
+        if self._phase == _PENDING:
+            packed = (status._value_, *rest)
             if packed != self._state:
                 self._state = packed
 

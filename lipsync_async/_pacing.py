@@ -66,11 +66,14 @@ class Pacer:
         """The current pacing in requests/s (``None``: unpaced)."""
         return 1.0 / self.interval if self.interval else None
 
-    def accepted(self, now: float) -> None:
-        """The service answered something other than 429."""
+    def accepted(self, now: float | None = None) -> None:
+        """The service answered something other than 429 (``now``: the loop's time, read here
+        only when it matters: while learned pacing is on)."""
         self._accepted += 1
         if self._fixed or not self.interval:
             return
+        if now is None:
+            now = asyncio.get_running_loop().time()
         if now - self._last_429 >= _CALM and now - self._sped_up >= _CALM:
             rate = _SPEEDUP / self.interval
             self.interval = 0.0 if rate >= _UNPACED else 1.0 / rate

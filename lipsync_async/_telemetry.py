@@ -51,7 +51,7 @@ from ._errors import SubmissionUncertainError
 
 if TYPE_CHECKING:
     from ._job import Job
-    from ._models import JobState, Request
+    from ._models import JobState, JobStatus, Request
     from ._tracker import Tracker
 
 __all__ = [
@@ -562,8 +562,8 @@ class _ReadSpan:
         self._start = time.time_ns()
         return self
 
-    def read(self, state: JobState) -> None:
-        self._status = state.status.value
+    def read(self, status: JobStatus) -> None:
+        self._status = status.value
 
     def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
         tel = self._tel

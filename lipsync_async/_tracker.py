@@ -50,13 +50,13 @@ import json
 import logging
 import random
 from collections import OrderedDict, deque
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from ._errors import APIError, AuthenticationError, LipsyncError, NotFoundError
 from ._job import INITIAL, Job, close_all
-from ._models import JobState
+from ._models import JobState, JobStatus
 from ._telemetry import NOOP, VIA_DELIVERY, VIA_READ, Telemetry
-from ._wire import job_path, loads_object, parse_job_state, state_to_wire
+from ._wire import job_path, loads_object, parse_job_state, read_job_state, state_to_wire
 
 if TYPE_CHECKING:
     from ._http import Transport
@@ -120,8 +120,14 @@ class _RecentIds:
         return False
 
 
-class Bucket(dict[str, Job]):
-    """The jobs due in one tick, by id; knows its tick so that, emptied, it can be dropped."""
+class Bucket(dict[str, None]):
+    """The ids of the jobs due in one tick; knows its tick so that, emptied, it can be dropped.
+
+    Ids, not ``Job`` s: the job table already holds each pending job, and a full collection
+    walks every reference to a tracked object, so a calendar that also held the jobs made
+    every gen-2 pause walk each job twice more than needed (issue 20: the stall at 1M). A
+    read takes the ``Job`` from the table by id.
+    """
 
     __slots__ = ("key",)
 
@@ -338,7 +344,7 @@ class Tracker:
         if slot is not bucket:
             if type(slot) is Bucket:
                 self._leave(slot, job.id)
-            bucket[job.id] = job
+            bucket[job.id] = None
             job._slot = bucket
 
     def _fire(self, key: int) -> None:
@@ -450,7 +456,7 @@ class Tracker:
         if self.tel.on:
             with self.tel.read_span(job_id) as span:
                 state = await self._fetch(job_id, transport)
-                span.read(state)
+                span.read(state.status)
                 return state
         return await self._fetch(job_id, transport)
 
@@ -470,40 +476,66 @@ class Tracker:
     def _next(self) -> Job | None:
         """The next queued job, now marked as being read; ``None`` when the queue is empty."""
         ready = self._ready
+        jobs = self._jobs
         while ready:
             bucket = ready[0]
             if bucket:
-                job = bucket.popitem()[1]
+                job = jobs.get(bucket.popitem()[0])
+                if job is None:  # cannot be (invariant 1: a slotted job is in the table)
+                    continue
                 job._slot = _READING
                 return job
             ready.popleft()
         return None
 
     async def _reader(self) -> None:
+        # One frame for the whole read (the transport's `read` returns its coroutine, no frame
+        # of its own): every resumption of a read passes through each frame above aiohttp's,
+        # so the reader awaits the transport directly (issue 20: reads at the transport's
+        # limit).
+        transport = self._transport
         try:
             while (job := self._next()) is not None:
-                await self._read(job)
+                job_id = job.id
+                try:
+                    if self.tel.on:
+                        read = await self._traced_read(transport, job_id)
+                    else:
+                        status, raw = await transport.read(job_path(job_id), job_id=job_id)
+                        self.reads += 1
+                        read = read_job_state(raw, status, job_id)
+                except (NotFoundError, AuthenticationError) as exc:
+                    log.warning("job %r: status read refused, tracking ends: %s", job_id, str(exc))
+                    self.refuse(job, exc)
+                    continue
+                except LipsyncError as exc:
+                    # A failed read is not a failed job: read again at the next interval.
+                    # str(exc): a record kept by a handler must not keep the traceback (and
+                    # the job).
+                    log.warning("job %r: status read failed, will retry: %s", job_id, str(exc))
+                except Exception:
+                    # A bug must not strand the job (it would stay "being read" forever) nor
+                    # kill this reader with an exception nobody retrieves.
+                    log.exception("job %r: unexpected error during a status read", job_id)
+                else:
+                    if job._slot is _READING:  # not finished (or rescheduled) while we read
+                        if isinstance(read, JobState):  # final
+                            self._apply(job, read, VIA_READ)
+                        else:
+                            job._keep(*read)
+                if job._slot is _READING and not job.done():
+                    self._schedule_in(job, self.poll_interval)
         finally:
             # In the step that saw the queue empty (or on cancellation): see invariant 1.
             self._active -= 1
 
-    async def _read(self, job: Job) -> None:
-        try:
-            state = await self.fetch(job.id)
-        except (NotFoundError, AuthenticationError) as exc:
-            log.warning("job %r: status read refused, tracking ends: %s", job.id, str(exc))
-            self.refuse(job, exc)
-            return
-        except LipsyncError as exc:
-            # A failed read is not a failed job: read again at the next interval.
-            # str(exc): a record kept by a handler must not keep the traceback (and the job).
-            log.warning("job %r: status read failed, will retry: %s", job.id, str(exc))
-        except Exception:
-            # A bug must not strand the job (it would stay "being read" forever) nor kill
-            # this reader with an exception nobody retrieves.
-            log.exception("job %r: unexpected error during a status read", job.id)
-        else:
-            if job._slot is _READING:  # not finished (or rescheduled) while we read
-                self._apply(job, state, VIA_READ)
-        if job._slot is _READING and not job.done():
-            self._schedule_in(job, self.poll_interval)
+    async def _traced_read(
+        self, transport: Transport, job_id: str
+    ) -> tuple[JobStatus, tuple[Any, ...]] | JobState:
+        """The reader's read inside a status-read span (telemetry on)."""
+        with self.tel.read_span(job_id) as span:
+            status, raw = await transport.read(job_path(job_id), job_id=job_id)
+            self.reads += 1
+            read = read_job_state(raw, status, job_id)
+            span.read(read.status if isinstance(read, JobState) else read[0])
+            return read

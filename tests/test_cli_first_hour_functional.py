@@ -81,6 +81,38 @@ async def test_without_click_the_command_names_the_extra() -> None:
     assert "Traceback" not in r.err and not r.out
 
 
+# What an offline command imports: each name here costs it start time (issue 18: under 150 ms).
+_HEAVY = ("aiohttp", "attrs", "attr", "cattrs", "yarl", "rich.console", "asyncio", "logging")
+_IMPORTS_OF = (
+    "import sys\n"
+    "from lipsync_async.cli import main\n"
+    "try:\n"
+    "    main()\n"
+    "finally:\n"
+    "    print(','.join(n for n in {heavy!r} if n in sys.modules), file=sys.stderr)\n"
+)
+
+
+@pytest.mark.parametrize(
+    "args", [("--help",), ("cost", "--resolution", "720p", "--seconds", "12")], ids=["help", "cost"]
+)
+async def test_offline_commands_import_no_client(args: tuple[str, ...]) -> None:
+    """`--help` and `cost` import neither aiohttp, the request models (attrs, yarl), the
+    converter, rich nor asyncio: they start in the time the interpreter and click take."""
+    r = await run_python(_IMPORTS_OF.format(heavy=_HEAVY), *args)
+    assert r.code == 0, r.err
+    assert r.err.strip().splitlines()[-1:] in ([], [""]), r.err
+
+
+def test_api_options_repr_hides_the_key() -> None:
+    """The CLI's option holder (a plain class, not attrs, for the start time) never shows the
+    key in its repr."""
+    from lipsync_async._cli._common import ApiOptions
+
+    opts = ApiOptions(api_key="sk_secret_1234", base_url=None, poll_interval=5.0, debug=False)
+    assert "sk_secret" not in repr(opts) and "poll_interval=5.0" in repr(opts)
+
+
 # -- one line, in the command line's words ----------------------------------------------------
 
 

@@ -13,19 +13,12 @@ from __future__ import annotations
 import contextlib
 import errno
 import functools
-import json
-import logging
 import os
-import socket
 import sys
-import traceback
 from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, NoReturn, TypeVar
 
-import attrs
 import click
-from yarl import URL
 
 from .._errors import (
     APIConnectionError,
@@ -36,19 +29,18 @@ from .._errors import (
     SubmissionUncertainError,
     ValidationError,
 )
-from .._models import (
-    JobState,
-    LipsyncImageMultiRequest,
-    LipsyncImageRequest,
-    LipsyncVideoRequest,
-    Request,
-)
 
 if TYPE_CHECKING:
-    from .._client import LipsyncClient
+    import logging
+    from pathlib import Path
 
-# aiohttp (through the client, the receiver) and cattrs (the converter) are imported by the
-# commands that use them, not here: `--help` and `cost` start without them (issue 18).
+    from .._client import LipsyncClient
+    from .._models import JobState, Request
+
+# aiohttp (through the client, the receiver), cattrs (the converter), attrs and yarl (the request
+# models), logging, json, socket and pathlib are imported by the functions that use them, not
+# here: `--help` and `cost` start in the time the interpreter and click take (issue 18: under
+# 150 ms; `python -X importtime -m lipsync_async.cli --help` shows what a start imports).
 
 __all__ = [
     "EXIT_API",
@@ -75,34 +67,67 @@ EXIT_USAGE: Final = 2
 EXIT_API: Final = 3
 EXIT_INTERRUPTED: Final = 130
 
-#: Endpoint names a user may type (CLI subcommands, a batch line's "endpoint").
-ENDPOINT_CLASSES: Final[Mapping[str, type[Request]]] = {
-    "video": LipsyncVideoRequest,
-    "image": LipsyncImageRequest,
-    "multi": LipsyncImageMultiRequest,
-    "image-multi": LipsyncImageMultiRequest,
-    "lipsync-video": LipsyncVideoRequest,
-    "lipsync-image": LipsyncImageRequest,
-    "lipsync-image-multi": LipsyncImageMultiRequest,
+#: Endpoint names a user may type (CLI subcommands, a batch line's "endpoint"), and the name of
+#: the request model each builds (a name, so that listing them does not import the models).
+ENDPOINT_CLASSES: Final[Mapping[str, str]] = {
+    "video": "LipsyncVideoRequest",
+    "image": "LipsyncImageRequest",
+    "multi": "LipsyncImageMultiRequest",
+    "image-multi": "LipsyncImageMultiRequest",
+    "lipsync-video": "LipsyncVideoRequest",
+    "lipsync-image": "LipsyncImageRequest",
+    "lipsync-image-multi": "LipsyncImageMultiRequest",
 }
 _MEDIA: Final = frozenset({"video", "image", "audio", "left_audio", "right_audio", "mask_image"})
 
 T = TypeVar("T")
 
 
-@attrs.define(kw_only=True)
 class ApiOptions:
-    """The options every command that talks to the API takes."""
+    """The options every command that talks to the API takes.
 
-    api_key: str | None = attrs.field(repr=False)
-    base_url: str | None
-    poll_interval: float
-    debug: bool
-    max_retries: int = 5
-    public_url: str | None = None
-    listen_host: str = "127.0.0.1"
-    listen_port: int = 0
-    log_level: int | None = None  # without --debug or LIPSYNC_LOG_LEVEL (None: silent)
+    A plain slotted class, not attrs: ``_common`` is imported by every command, ``--help`` and
+    ``cost`` included, and attrs alone is a sixth of the 150 ms start budget (issue 18).
+    """
+
+    __slots__ = (
+        "api_key",
+        "base_url",
+        "debug",
+        "listen_host",
+        "listen_port",
+        "log_level",
+        "max_retries",
+        "poll_interval",
+        "public_url",
+    )
+
+    def __init__(
+        self,
+        *,
+        api_key: str | None,
+        base_url: str | None,
+        poll_interval: float,
+        debug: bool,
+        max_retries: int = 5,
+        public_url: str | None = None,
+        listen_host: str = "127.0.0.1",
+        listen_port: int = 0,
+        log_level: int | None = None,  # without --debug or LIPSYNC_LOG_LEVEL (None: silent)
+    ) -> None:
+        self.api_key = api_key
+        self.base_url = base_url
+        self.poll_interval = poll_interval
+        self.debug = debug
+        self.max_retries = max_retries
+        self.public_url = public_url
+        self.listen_host = listen_host
+        self.listen_port = listen_port
+        self.log_level = log_level
+
+    def __repr__(self) -> str:  # never the key
+        shown = ", ".join(f"{n}={getattr(self, n)!r}" for n in self.__slots__ if n != "api_key")
+        return f"ApiOptions({shown})"
 
 
 def api_options(*, receiver: bool = False) -> Callable[[Callable[..., T]], Callable[..., T]]:
@@ -157,7 +182,7 @@ def api_options(*, receiver: bool = False) -> Callable[[Callable[..., T]], Calla
                 help="Receiver port (0: any free port).",
             ),
         ]
-    names = [field.name for field in attrs.fields(ApiOptions)]
+    names = ApiOptions.__slots__
 
     def decorate(func: Callable[..., T]) -> Callable[..., T]:
         @functools.wraps(func)
@@ -178,6 +203,8 @@ def api_options(*, receiver: bool = False) -> Callable[[Callable[..., T]], Calla
 
 def parse_extra(pairs: tuple[str, ...]) -> dict[str, Any]:
     """``KEY=VALUE`` pairs; a VALUE that parses as JSON is taken as JSON, else as a string."""
+    import json
+
     extra: dict[str, Any] = {}
     for pair in pairs:
         key, sep, raw = pair.partition("=")
@@ -194,6 +221,8 @@ def media(value: str) -> str | Path:
     """A media value: anything without a ``scheme://`` is a local file (served by the receiver),
     so a mistyped path is "no such file", not "must be an http(s) URL"."""
     if "://" not in value and value:
+        from pathlib import Path
+
         return Path(value)
     return value
 
@@ -203,9 +232,14 @@ def build_request(endpoint: str, fields: Mapping[str, Any]) -> Request:
 
     ``None`` values mean "not given". Media strings naming an existing file become paths.
     """
-    cls = ENDPOINT_CLASSES.get(endpoint)
-    if cls is None:
+    import attrs
+
+    from .. import _models
+
+    name = ENDPOINT_CLASSES.get(endpoint)
+    if name is None:
         raise ValidationError("endpoint", f"must be video, image or multi, got {endpoint!r:.40}")
+    cls: type[Request] = getattr(_models, name)
     known = {a.name for a in attrs.fields(cls)}
     unknown = sorted(set(fields) - known)
     if unknown:
@@ -227,6 +261,8 @@ def build_request(endpoint: str, fields: Mapping[str, Any]) -> Request:
 
 def local_files(request: Request) -> list[str]:
     """Names of the request's media fields that are local files."""
+    from pathlib import Path
+
     return [n for n in request.media_fields if isinstance(getattr(request, n, None), Path)]
 
 
@@ -293,6 +329,10 @@ async def check_host(base_url: str | None) -> None:
     ``--base-url`` means seconds of silent retries before the same error: one lookup first
     tells the two apart. A lookup that times out is left to the transport.
     """
+    import socket
+
+    from yarl import URL
+
     from .._client import DEFAULT_BASE_URL
 
     url = URL(base_url) if base_url else URL(DEFAULT_BASE_URL)
@@ -325,16 +365,9 @@ def state_json(state: JobState, **more: Any) -> dict[str, Any]:
 
 def echo_json(data: Any) -> None:
     """One JSON document on one line of stdout."""
+    import json
+
     click.echo(json.dumps(data, default=str, separators=(",", ":")))
-
-
-class _Scrubbing(logging.Formatter):
-    def __init__(self, secret: str | None) -> None:
-        super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
-        self._secret = secret
-
-    def format(self, record: logging.LogRecord) -> str:
-        return scrub(super().format(record), self._secret)
 
 
 def scrub(text: str, secret: str | None) -> str:
@@ -385,6 +418,8 @@ def cli_words(exc: ValidationError) -> str:
 
 def _not_found(exc: NotFoundError, base_url: str | None) -> str:
     """A 404, with a hint when the base URL is not the API root (it ends in ``/api/v1``)."""
+    from yarl import URL
+
     root = URL(base_url) if base_url else None
     if root is None or root.path.rstrip("/").endswith("/api/v1"):
         if exc.job_id:
@@ -403,6 +438,8 @@ def setup_logging(key: str | None, *, debug: bool, default: int | None = None) -
     ``LIPSYNC_LOG_LEVEL`` takes a level name (``debug``, ``info``, ``warning``, ``error``) or
     number; an unknown value is one line and exit 2. Lines go through the key scrubber too.
     """
+    import logging
+
     level: int | None = logging.DEBUG if debug else None
     raw = os.environ.get("LIPSYNC_LOG_LEVEL", "").strip()
     if level is None and raw:
@@ -421,9 +458,20 @@ def setup_logging(key: str | None, *, debug: bool, default: int | None = None) -
         logger.addHandler(logging.NullHandler())
         return
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(_Scrubbing(key))
+    handler.setFormatter(_scrubbing(key))
     logger.addHandler(handler)
     logger.setLevel(level)
+
+
+def _scrubbing(secret: str | None) -> logging.Formatter:
+    """A log formatter that scrubs the key (a factory: ``logging`` is imported when used)."""
+    import logging
+
+    class _Scrubbing(logging.Formatter):
+        def format(self, record: logging.LogRecord) -> str:
+            return scrub(super().format(record), secret)
+
+    return _Scrubbing("%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
 def describe(exc: BaseException, opts: ApiOptions | None = None) -> tuple[str, int]:
@@ -469,6 +517,8 @@ def run(opts: ApiOptions, main: Coroutine[Any, Any, int]) -> NoReturn:
     except Exception as exc:
         message, code = describe(exc, opts)
         if opts.debug:
+            import traceback
+
             trace = "".join(traceback.format_exception(exc))
             click.echo(scrub(trace, opts.api_key), err=True, nl=False)
         fail(message, code, opts)

@@ -10,9 +10,9 @@ import sys
 
 import click
 
+from .._choices import ORDERS, RESOLUTIONS
 from .._cost import estimate_credits
 from .._errors import ValidationError
-from .._models import ORDERS, RESOLUTIONS
 from ._common import EXIT_OK, EXIT_USAGE, cli_words, echo_json, fail
 
 __all__ = ["cost"]

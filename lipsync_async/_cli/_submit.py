@@ -17,11 +17,12 @@ import click
 from rich.console import Console
 from rich.progress import DownloadColumn, Progress, TransferSpeedColumn
 
+from .._choices import ORDERS, RESOLUTIONS
 from .._client import LipsyncClient
 from .._cost import MINIMUM_SECONDS, estimate_credits
 from .._errors import JobFailed, JobTimeoutError, LipsyncError, ValidationError
 from .._job import Job
-from .._models import ORDERS, RESOLUTIONS, JobState, LipsyncImageMultiRequest, Request
+from .._models import JobState, LipsyncImageMultiRequest, Request
 from .._wire import form_state
 from ._common import (
     EXIT_FAILED,
