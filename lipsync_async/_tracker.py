@@ -46,6 +46,7 @@ jobs share a few hundred buckets.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import json
 import logging
 import random
@@ -143,6 +144,7 @@ class Tracker:
         "_active",
         "_buckets",
         "_closed",
+        "_context",
         "_early",
         "_early_bytes",
         "_early_max",
@@ -183,6 +185,8 @@ class Tracker:
         self._timers: dict[int, asyncio.TimerHandle] = {}
         self._ready: deque[Bucket] = deque()
         self._readers: set[asyncio.Task[None]] = set()
+        # The timers' context: empty, and the same for all (a timer sets no context var).
+        self._context = contextvars.Context()
         self._active = 0  # readers that have not decided to exit (see invariant 1)
         self._max_readers = transport.max_in_flight
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -339,7 +343,11 @@ class Tracker:
         bucket = self._buckets.get(key)
         if bucket is None:
             bucket = self._buckets[key] = Bucket(key)
-            self._timers[key] = self.loop.call_at(key * _TICK, self._fire, key)
+            # In a context of the tracker's own, not the caller's (a submit inside the
+            # application's span or request context): see _spawn.
+            self._timers[key] = self.loop.call_at(
+                key * _TICK, self._fire, key, context=self._context
+            )
         slot = job._slot
         if slot is not bucket:
             if type(slot) is Bucket:
@@ -358,7 +366,12 @@ class Tracker:
         loop = self.loop
         for _ in range(min(wanted, self._max_readers - self._active)):
             self._active += 1
-            task = loop.create_task(self._reader(), name="lipsync-reader")
+            # A fresh, empty context per reader: no reader inherits the application's context
+            # vars (its current span, its request) from whichever call made the bucket, and
+            # what one reader sets (the read span it makes current) stays its own.
+            task = loop.create_task(
+                self._reader(), name="lipsync-reader", context=contextvars.Context()
+            )
             self._readers.add(task)
             task.add_done_callback(self._readers.discard)
 

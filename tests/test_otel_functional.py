@@ -496,3 +496,34 @@ async def test_the_submit_span_is_not_current_in_what_the_tracker_schedules(
     }
     assert not exemplified
     assert otel.total("lipsync.status_reads") >= 5
+
+
+async def test_the_applications_span_is_not_current_in_what_the_tracker_schedules(
+    fake: FakeLipsyncServer, make_client: ClientFactory, otel: Otel
+) -> None:
+    """Jobs submitted inside an application span: the tracker's timers and reader tasks do
+    not run in that span's context (nor in any context of the application's), so what they
+    measure or trace (the reads, the resolutions, an aiohttp instrumentation's spans) is not
+    attributed to whatever the application was doing when the job's bucket was made."""
+    client: LipsyncClient = await make_client(**otel.kwargs)
+    tracer = otel.tracer_provider.get_tracer("the-application")
+    with tracer.start_as_current_span("handle a request") as app:
+        jobs = await asyncio.gather(
+            *(client.lipsync_image(image=IMAGE, audio=AUDIO) for _ in range(5))
+        )
+    await asyncio.gather(*(job.wait(5) for job in jobs))
+    app_span = app.get_span_context().span_id
+    data = otel.reader.get_metrics_data()
+    assert data is not None
+    exemplified = {
+        metric.name
+        for resource in data.resource_metrics
+        for scope in resource.scope_metrics
+        for metric in scope.metrics
+        for point in metric.data.data_points
+        for exemplar in getattr(point, "exemplars", None) or ()
+        if exemplar.span_id == app_span
+    }
+    assert otel.total("lipsync.status_reads") >= 5
+    tracked = {"lipsync.status_reads", "lipsync.jobs.resolved", "lipsync.job.duration"}
+    assert not exemplified & tracked
