@@ -308,7 +308,10 @@ class _Bound:
             if fut.done() and not fut.cancelled():
                 self.release()  # given the slot, then cancelled: hand it on
             else:
-                self._waiters.remove(fut)
+                # Still in line, unless a release popped it (skipping it: it was done) in the
+                # iteration the cancellation came in.
+                with contextlib.suppress(ValueError):
+                    self._waiters.remove(fut)
             raise
 
     def __aenter__(self) -> Awaitable[None]:

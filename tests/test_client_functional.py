@@ -554,3 +554,41 @@ async def test_a_status_read_never_waits_behind_slow_downloads(
     assert not any(d.done() for d in downloads)
     paths = await asyncio.gather(*downloads)
     assert all(p.stat().st_size > 0 for p in paths)
+
+
+async def test_cancelling_a_request_waiting_for_a_slot_raises_cancelled_error() -> None:
+    """Two reads, one holding the only in-flight slot and one waiting for it, cancelled in
+    the same loop iteration (a TaskGroup failing, one ``asyncio.timeout`` around both): both
+    end with ``CancelledError``, nothing else (the waiter once got ``ValueError``), and the
+    slot is free for the next read."""
+    release = asyncio.Event()
+
+    async def slow(request: web.Request) -> web.Response:
+        await release.wait()
+        return web.json_response({"id": request.match_info["id"], "status": "processing"})
+
+    app = web.Application()
+    app.router.add_get("/api/v1/jobs/{id}", slow)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    try:
+        async with LipsyncClient(
+            "sk_test_123456", base_url=f"http://127.0.0.1:{port}/api/v1", max_in_flight=1
+        ) as client:
+            holder = asyncio.create_task(client.get_job("job-a"))
+            await asyncio.sleep(0.1)  # the holder's request is at the server
+            waiter = asyncio.create_task(client.get_job("job-b"))
+            await asyncio.sleep(0.05)  # the waiter queues for the slot
+            holder.cancel()
+            waiter.cancel()
+            outcomes = await asyncio.gather(holder, waiter, return_exceptions=True)
+            assert [type(o) for o in outcomes] == [asyncio.CancelledError] * 2
+            release.set()
+            state = await asyncio.wait_for(client.get_job("job-c"), 5)
+            assert state.id == "job-c"
+    finally:
+        release.set()
+        await runner.cleanup()
