@@ -301,6 +301,8 @@ class LipsyncClient:
         tel.track(self._tracker)
         await self._transport.open()
         self._tracker.start()
+        if self._completions is not None:
+            self._completions.open()
         if self._store_link is not None:
             try:
                 await self._store_link.open()

@@ -81,6 +81,14 @@ class Completions:
         self._release = release
         self._queue: deque[Callable[[], Awaitable[None]]] = deque()
         self._tasks: set[asyncio.Task[None]] = set()  # the workers, at most CONCURRENCY
+        # Workers that have not decided to exit: counted down in the step a worker sees the
+        # queue empty (not by a done callback a later iteration runs), so a completion queued
+        # in between always has a worker coming.
+        self._workers = 0
+        # Claims taken and not yet acknowledged: released by close, so that a claim this
+        # client cannot finish does not stay "held" by a holder that looks alive (this
+        # process, its lease still renewed by another user of the store).
+        self._claimed: dict[str, int] = {}
         # Completions to try again: None, a claim (held by a live peer, or the store failed);
         # a token, an acknowledgement the store failed to take after the callback ran.
         self._held: dict[str, tuple[Job, JobState, int | None]] = {}
@@ -107,19 +115,23 @@ class Completions:
 
     def _start(self, step: Callable[[], Awaitable[None]]) -> None:
         self._queue.append(step)
-        if len(self._tasks) < CONCURRENCY:
+        if self._workers < CONCURRENCY:
+            self._workers += 1
             task = asyncio.get_running_loop().create_task(self._work())
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
     async def _work(self) -> None:
         queue = self._queue
-        while queue:
-            step = queue.popleft()
-            try:
-                await step()
-            except Exception:  # a store's bug must not end the worker with the queue unserved
-                log.exception("on_complete: a completion step failed")
+        try:
+            while queue:
+                step = queue.popleft()
+                try:
+                    await step()
+                except Exception:  # a store's bug must not end the worker, the queue unserved
+                    log.exception("on_complete: a completion step failed")
+        finally:
+            self._workers -= 1  # in the step that saw the queue empty (or on cancellation)
 
     async def _store_call(self, what: str, call: Callable[[], Awaitable[int | bool]]) -> int | bool:
         for attempt in range(_ATTEMPTS):
@@ -151,6 +163,7 @@ class Completions:
         if token == CLAIM_HELD:
             self._later(job, state, None)
             return
+        self._claimed[job.id] = int(token)
         await self._run(job, state, int(token))
 
     async def _run(self, job: Job, state: JobState, token: int) -> None:
@@ -158,8 +171,16 @@ class Completions:
             result = self._fn(job)
             if inspect.isawaitable(result):
                 await result
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise  # close() cancels this worker: the claim is released there
+            # The callback's own CancelledError (it awaited a cancelled job): a failure of
+            # the callback like any other, not the end of this worker.
+            log.exception("on_complete failed for job %r (it is not run again)", job.id)
         except Exception:
             log.exception("on_complete failed for job %r (it is not run again)", job.id)
+        self._claimed.pop(job.id, None)  # ran: from now on only the ack is owed
         self.ran += 1
         await self._ack(job, state, token)
 
@@ -226,22 +247,35 @@ class Completions:
         finally:
             self._retrier = None
 
+    def open(self) -> None:
+        """(Re)open: a client closed and opened again completes its jobs again, under a new
+        claimant (claims left by the previous opening were released or acknowledged)."""
+        self._closed = False
+        self._down = False
+        self._claimant = uuid.uuid4().hex
+
     async def close(self, timeout: float) -> None:
-        """Let running callbacks finish within ``timeout``, then cancel them (claims stay)."""
+        """Let running completions finish within ``timeout``, then cancel them.
+
+        Acknowledgements still owed (the callback ran, the store failed) are tried once more;
+        claims of callbacks that did not finish are released, so the job's next observer (a
+        resume, an adopter, another client of this process) claims it again at once.
+        """
         self._closed = True
         if self._retrier is not None:
             self._retrier.cancel()
             await asyncio.gather(self._retrier, return_exceptions=True)
+        owed = [(job.id, token) for job, _, token in self._held.values() if token is not None]
         self._held.clear()
         self._active.clear()
-        if not self._tasks:
-            return
-        _, running = await asyncio.wait(set(self._tasks), timeout=timeout)
-        if running:
+        if self._tasks:
+            _, running = await asyncio.wait(set(self._tasks), timeout=timeout)
+        else:
+            running = set()
+        if running or self._queue:
             log.warning(
                 "closing: %d on_complete completion(s) still running or queued after %s s "
-                "were cancelled; their jobs stay pending (and claimed, where the claim was "
-                "taken), and run where they are resumed",
+                "were cancelled; their jobs stay pending, and run where they are resumed",
                 len(running) + len(self._queue),
                 timeout,
             )
@@ -249,3 +283,16 @@ class Completions:
             for task in running:
                 task.cancel()
             await asyncio.gather(*running, return_exceptions=True)
+        claimed, self._claimed = self._claimed, {}
+        try:
+            async with asyncio.timeout(timeout):
+                for job_id, token in owed:
+                    await self._store.ack(job_id, token)
+                for job_id, token in claimed.items():
+                    await self._store.release(job_id, token)
+        except (StoreError, TimeoutError) as exc:
+            log.warning(
+                "closing: on_complete claims could not be settled in the store (%s); they "
+                "are taken over when their holder's lease ends, or by this worker's next run",
+                exc,
+            )

@@ -108,6 +108,13 @@ async def test_completion_claims_contract(store: Store) -> None:
     assert await store.claim("job-1", "b") == CLAIM_DONE
     assert await store.ack("job-1", first) is False  # done: nothing to ack
     assert await store.claim("job-2", "b") > first
+    # A claim released by its holder (its client closed mid-callback) is claimable at once;
+    # a release with a token that no longer holds it changes nothing.
+    third = await store.claim("job-3", "a")
+    await store.release("job-3", third + 1000)
+    assert await store.claim("job-3", "b") == CLAIM_HELD
+    await store.release("job-3", third)
+    assert await store.claim("job-3", "b") > third
 
 
 @pytest.mark.parametrize(

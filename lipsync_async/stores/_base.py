@@ -270,6 +270,13 @@ class Store(abc.ABC):
                 del claims[oldest]
         return True
 
+    async def release(self, job_id: str, token: int) -> None:
+        """Give up the claim ``token`` holds on ``job_id`` (its callback did not run to the
+        end: the client closed), so the job's next observer claims it at once."""
+        held = self._claims.get(job_id)
+        if isinstance(held, tuple) and held[0] == token:
+            del self._claims[job_id]
+
     # -- the channel -------------------------------------------------------------------------
 
     def add_listener(

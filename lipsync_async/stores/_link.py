@@ -84,6 +84,8 @@ class StoreLink:
     async def open(self) -> None:
         await self.store.open()
         self._open = True
+        if self.completions is not None:
+            self.completions.open()
         self.store.add_listener(self._heard, self._resync, self._adopt)
         if not await self.store.ready():
             log.warning(

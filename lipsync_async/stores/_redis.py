@@ -245,6 +245,13 @@ return token
 """
 )
 
+# KEYS: claim:id. ARGV: "W|instance|token|". Deletes the claim if that token still holds it.
+_RELEASE: Final = """
+local held = redis.call('GET', KEYS[1])
+if held and string.sub(held, 1, #ARGV[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
 # KEYS: claim:id. ARGV: "W|instance|token|", ttl. 1 if that token still held the claim (now
 # done).
 _ACK: Final = """
@@ -411,6 +418,7 @@ class RedisStore(Store):
             "hand_back": [self._leases_key, self._jobs_key],
             "claim": [self._claim_key(job_id), self._fence_key, self._leases_key],
             "ack": [self._claim_key(job_id)],
+            "release": [self._claim_key(job_id)],
         }
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -449,6 +457,7 @@ class RedisStore(Store):
                 ("hand_back", _HAND_BACK),
                 ("claim", _CLAIM),
                 ("ack", _ACK),
+                ("release", _RELEASE),
             )
         }
         async with self._guard("cannot reach Redis"):
@@ -746,6 +755,13 @@ class RedisStore(Store):
                 args=[f"{self.worker}|{self.instance}|{token}|", self.final_ttl],
             )
         return int(done) == 1
+
+    async def release(self, job_id: str, token: int) -> None:
+        self._open_client()
+        async with self._guard(f"cannot release the completion claim of job {job_id}"):
+            await self._scripts["release"](
+                keys=[self._claim_key(job_id)], args=[f"{self.worker}|{self.instance}|{token}|"]
+            )
 
     # -- the subscriber ----------------------------------------------------------------------
 

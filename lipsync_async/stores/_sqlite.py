@@ -301,6 +301,20 @@ class SQLiteStore(Store):
 
         return await self._call(done)
 
+    async def release(self, job_id: str, token: int) -> None:
+        mine = self._holder + ":"
+
+        def drop(db: sqlite3.Connection) -> None:
+            # The row stays (tokens are MAX + 1 over the table: they only grow), held by
+            # nobody alive: the next claim takes it over.
+            db.execute(
+                "UPDATE claims SET holder = 'released' WHERE id = ? AND token = ?"
+                " AND substr(holder, 1, ?) = ?",
+                (job_id, token, len(mine), mine),
+            )
+
+        await self._call(drop)
+
 
 def _alive(holder: object) -> bool:
     """Whether the process that holds a claim (``"pid:..."``) still runs on this machine."""
