@@ -522,3 +522,48 @@ async def test_a_large_orphan_set_is_adopted_in_chunks(
         assert await live.pending() and live.adopted == 2500  # nothing adopted twice
     finally:
         await live.close()
+
+
+async def test_after_a_redis_outage_longer_than_the_lease_each_worker_keeps_its_jobs(
+    tmp_path: Path,
+) -> None:
+    """Three live workers, 30 jobs each; Redis (AOF on) down longer than the lease, so every
+    lease has run out by the server's clock when it comes back. The first worker back does
+    not adopt the others' jobs (it once took all 90): live workers renew, and each still
+    owns its own."""
+    import redis.asyncio as aioredis
+
+    server = RedisServer(aof=True)
+    server.start()
+    lease = 1.0
+    stores = {w: RedisStore(server.url, prefix="o", worker=w, lease=lease) for w in ("a", "b", "c")}
+    adoptions: list[str] = []
+    try:
+        for name, store in stores.items():
+            await store.open()
+
+            async def adopt(store: RedisStore = store, name: str = name) -> None:
+                await store.pending()
+                adoptions.append(name)
+
+            store.add_listener(lambda state: None, None, adopt)
+            await asyncio.sleep(lease / 9)  # heartbeats out of phase
+        for name, store in stores.items():
+            for i in range(30):
+                await store.add_pending(_record(f"{name}-{i}"))
+        server.stop()
+        await asyncio.sleep(lease * 2)
+        server.start()
+        await asyncio.sleep(lease * 2.5)  # every worker back and renewing, past the quiet lease
+        peer = aioredis.Redis.from_url(server.url, decode_responses=True)
+        try:
+            owners = {str(k): str(v) for k, v in (await peer.hgetall("{o}:owner")).items()}
+        finally:
+            await peer.aclose()
+        assert owners == {f"{w}-{i}": w for w in stores for i in range(30)}, Counter(
+            owners.values()
+        )
+    finally:
+        for store in stores.values():
+            await store.close()
+        server.cleanup()

@@ -37,7 +37,10 @@ jobs it leaves pending are adoptable immediately. A worker restarted with the sa
 id before its jobs were adopted finds them its own again. A worker cut off from Redis for
 longer than the lease may have its jobs adopted while it still tracks them: both then poll them
 (and the completion claim below keeps ``on_complete`` single, but for a callback running while
-its lease ran out).
+its lease ran out). After an outage of Redis itself longer than the lease, every lease has run
+out by the server's clock: a worker whose heartbeat was failing waits one lease after it
+succeeds again before adopting, so the live workers renew first and only the dead ones' jobs
+move.
 
 **Routing.** A final state is recorded once: the script ``SET NX``es ``{prefix}:final:<id>``
 and, only if that was the first record, looks up the job's owner and ``PUBLISH``es the state
@@ -521,6 +524,8 @@ class RedisStore(Store):
     async def _beat_forever(self) -> None:
         """One renewal every third of the lease; expired workers start an adoption."""
         failing = False
+        loop = asyncio.get_running_loop()
+        quiet_until = 0.0
         while True:
             await asyncio.sleep(self.lease / 3)
             try:
@@ -535,8 +540,17 @@ class RedisStore(Store):
                 continue
             if failing:
                 log.warning("Redis store: this worker's lease is renewed again")
+                # After an outage longer than the lease, every worker looks expired to the
+                # first one back: adopting now would take the whole fleet's jobs. Wait one
+                # lease, in which every live worker renews; only the dead stay expired.
+                quiet_until = loop.time() + self.lease
             failing = False
-            if int(expired) and self._orphan_hooks and self._adopting is None:
+            if (
+                int(expired)
+                and self._orphan_hooks
+                and self._adopting is None
+                and loop.time() >= quiet_until
+            ):
                 self._adopting = asyncio.get_running_loop().create_task(self._adopt())
 
     async def _adopt(self) -> None:
