@@ -509,6 +509,8 @@ class LipsyncClient:
         if tel.on:  # before the tracker: a delivery held early may resolve the job at once
             tel.job_tracked(job_id, context, by_webhook=by_webhook)
         job = self._tracker.submitted(job_id, webhook=by_webhook)
+        if tel.on and self._life.closing and job.done():
+            tel.forget(job_id)  # answered as the client closed: its entry would outlive it
         if new and self._completions is not None:
             job.add_done_callback(self._completions.on_done)
         if link is not None and recorded is not None:

@@ -242,9 +242,13 @@ class GatedSite(web.TCPSite):
         )
         # asyncio has listened with its batch size; a second listen() on the same socket (a
         # dup shares it) deepens the kernel's queue and leaves asyncio's batch as it is.
+        # A platform (or event loop) that refuses it keeps asyncio's queue: never a failed start.
         for listening in self._server.sockets:
-            with listening.dup() as sock:
-                sock.listen(self._listen_queue)
+            try:
+                with listening.dup() as sock:
+                    sock.listen(self._listen_queue)
+            except OSError as exc:  # pragma: no cover - Linux and macOS accept it
+                log.debug("listen queue left at %d: %s", self._backlog, exc)
 
 
 async def probe(url: URL, expect: str, timeout: float) -> str | None:

@@ -39,12 +39,15 @@ recorded without its query (signed CDN URLs carry credentials there).
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import re
 import sys
 import time
+import weakref
 from collections import OrderedDict
 from collections.abc import Iterable
+from functools import partial
 from typing import TYPE_CHECKING, Any, Final
 
 from ._errors import SubmissionUncertainError
@@ -135,6 +138,8 @@ class Telemetry:
 
     def ended(self, job_id: str, outcome: str) -> None: ...
 
+    def forget(self, job_id: str) -> None: ...
+
     def forget_all(self) -> None: ...
 
     def delivery_span(self, state: JobState, trace: str | None, path: str) -> Any:
@@ -151,6 +156,15 @@ class Telemetry:
 
 
 NOOP: Final = Telemetry()
+
+#: meter provider -> the trackers of the clients using it (see ``_Otel.__init__``).
+_PENDING: weakref.WeakKeyDictionary[Any, weakref.WeakSet[Tracker]] = weakref.WeakKeyDictionary()
+
+
+def _observe_pending(trackers: weakref.WeakSet[Tracker], options: Any) -> Iterable[Any]:
+    from opentelemetry.metrics import Observation
+
+    return [Observation(sum(t.pending for t in list(trackers)))]
 
 
 def resolve(tracer_provider: Any = None, meter_provider: Any = None) -> Telemetry:
@@ -212,7 +226,6 @@ class _Otel(Telemetry):
         # job id -> (traceparent or "", submit start ns, expects a delivery)
         self._jobs: dict[str, tuple[str, int, bool]] = {}
         self._recent: OrderedDict[str, str] = OrderedDict()  # resolved id -> traceparent
-        self._trackers: set[Tracker] = set()  # the client's, from its open to its close
         self._submits = meter.create_counter(
             "lipsync.submits", unit="{submit}", description="Submits, by outcome"
         )
@@ -251,12 +264,25 @@ class _Otel(Telemetry):
             description="From a final state reaching the tracker to the job's awaiters running",
             explicit_bucket_boundaries_advisory=list(_WAKE_BUCKETS),
         )
-        meter.create_observable_gauge(
-            "lipsync.jobs.pending",
-            callbacks=[self._observe_pending],
-            unit="{job}",
-            description="Jobs tracked and not finished",
-        )
+        # The gauge is registered once per meter provider (the SDK keeps the first callback
+        # of a name and ignores later ones): every client on the provider adds its tracker to
+        # that provider's set, which the one callback sums. The callback holds the set, not
+        # this object, so a closed client's telemetry is not kept alive by it.
+        try:
+            trackers = _PENDING.get(mp)
+        except TypeError:  # a provider that cannot be weakly referenced
+            trackers = None
+        if trackers is None:
+            trackers = weakref.WeakSet()
+            meter.create_observable_gauge(
+                "lipsync.jobs.pending",
+                callbacks=[partial(_observe_pending, trackers)],
+                unit="{job}",
+                description="Jobs tracked and not finished",
+            )
+            with contextlib.suppress(TypeError):
+                _PENDING[mp] = trackers
+        self._trackers = trackers
 
     # -- the pending gauge -------------------------------------------------------------------
 
@@ -266,10 +292,6 @@ class _Otel(Telemetry):
     def untrack(self, tracker: Tracker) -> None:
         self._trackers.discard(tracker)
 
-    def _observe_pending(self, options: Any) -> Iterable[Any]:
-        from opentelemetry.metrics import Observation
-
-        return [Observation(sum(t.pending for t in list(self._trackers)))]
 
     # -- trace context -----------------------------------------------------------------------
 
@@ -360,6 +382,10 @@ class _Otel(Telemetry):
     def ended(self, job_id: str, outcome: str) -> None:
         """Tracking ended without a final state: ``refused`` (404, 401) or ``cancelled``."""
         self._end(job_id, outcome, None)
+
+    def forget(self, job_id: str) -> None:
+        """Drop a job's entry without a span (tracked as the client closed)."""
+        self._jobs.pop(job_id, None)
 
     def _end(self, job_id: str, outcome: str, via: str | None) -> None:
         entry = self._jobs.pop(job_id, None)

@@ -141,6 +141,7 @@ class Tracker:
     """Tracks pending jobs until each resolves, by status reads or by deliveries."""
 
     __slots__ = (
+        "__weakref__",  # the otel pending gauge holds trackers weakly
         "_active",
         "_buckets",
         "_closed",

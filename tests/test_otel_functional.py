@@ -527,3 +527,27 @@ async def test_the_applications_span_is_not_current_in_what_the_tracker_schedule
     assert otel.total("lipsync.status_reads") >= 5
     tracked = {"lipsync.status_reads", "lipsync.jobs.resolved", "lipsync.job.duration"}
     assert not exemplified & tracked
+
+
+async def test_the_pending_gauge_counts_every_client_of_a_meter_provider(
+    fake: FakeLipsyncServer, otel: Otel
+) -> None:
+    """One meter provider, a client closed and then two open at once: the pending-jobs gauge
+    reads what the open clients track (it once counted only the first client ever opened on
+    the provider, whose gauge callback the SDK kept)."""
+    fake.job_duration = 3600
+
+    def pending() -> float:
+        return float(sum(value for _, value in otel.metrics().get("lipsync.jobs.pending", [])))
+
+    kwargs = {"base_url": fake.base_url, "poll_interval": 60.0, **otel.kwargs}
+    async with LipsyncClient(fake.api_key, **kwargs) as first:
+        await first.lipsync_image(image=IMAGE, audio=AUDIO)
+        assert pending() == 1
+    async with (
+        LipsyncClient(fake.api_key, **kwargs) as second,
+        LipsyncClient(fake.api_key, **kwargs) as third,
+    ):
+        await asyncio.gather(*(second.lipsync_image(image=IMAGE, audio=AUDIO) for _ in range(3)))
+        await asyncio.gather(*(third.lipsync_image(image=IMAGE, audio=AUDIO) for _ in range(2)))
+        assert pending() == 5
