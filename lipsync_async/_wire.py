@@ -257,10 +257,9 @@ def _state_fields(
     )
 
 
-def _structure_state(data: Any, _: type[JobState]) -> JobState:
-    job_id, status, (model, output, error, execution_time_ms, timings, output_raw) = (
-        _state_fields(data)
-    )
+def _state(job_id: str, status: JobStatus, rest: tuple[Any, ...]) -> JobState:
+    """The ``JobState`` of ``_state_fields``'s answer."""
+    model, output, error, execution_time_ms, timings, output_raw = rest
     return JobState(
         id=job_id,
         status=status,
@@ -271,6 +270,10 @@ def _structure_state(data: Any, _: type[JobState]) -> JobState:
         timings=timings,
         output_raw=output_raw,
     )
+
+
+def _structure_state(data: Any, _: type[JobState]) -> JobState:
+    return _state(*_state_fields(data))
 
 
 def _unstructure_state(state: JobState) -> dict[str, Any]:
@@ -322,17 +325,7 @@ def read_job_state(
             f"asked for job {job_id}, the answer is about {got}", status=status, job_id=job_id
         )
     if job_status.is_final:
-        model, output, error, execution_time_ms, timings, output_raw = rest
-        return JobState(
-            id=got,
-            status=job_status,
-            model=model,
-            output=output,
-            error=error,
-            execution_time_ms=execution_time_ms,
-            timings=timings,
-            output_raw=output_raw,
-        )
+        return _state(got, job_status, rest)
     return job_status, rest
 
 
