@@ -321,7 +321,7 @@ def read_job_state(
         raise APIError(
             f"asked for job {job_id}, the answer is about {got}", status=status, job_id=job_id
         )
-    if job_status.is_final:
+    if job_status is not _PROCESSING and job_status.is_final:  # nearly every read: processing
         model, output, error, execution_time_ms, timings, output_raw = rest
         return JobState(
             id=got,
