@@ -350,6 +350,10 @@ class Transport:
     ) -> None:
         self.base_url = base_url
         self._base = str(base_url).rstrip("/")
+        # Each call's URL is this one with its path replaced: a yarl ``with_path`` (no parsing),
+        # ~4 us less per request than parsing the joined string (issue 20: reads at the
+        # transport's limit).
+        self._base_path = base_url.raw_path.rstrip("/")
         self._api_key = api_key
         self._borrowed = session
         self._session: aiohttp.ClientSession | None = session
@@ -368,12 +372,19 @@ class Transport:
         self._downloads = asyncio.Semaphore(max_downloads)
         self._closing = False  # close() began: submits not yet sent are refused
         self._pacer = Pacer(rate_limit)
-        self._headers: Final = {
-            "Authorization": f"Bearer {api_key}",
-            "User-Agent": USER_AGENT,
-            "Accept": "application/json",
-        }
-        self._post_headers: Final = {**self._headers, "Content-Type": "application/json"}
+        # Read-only multidicts, built once: aiohttp copies a plain dict into one per request.
+        self._headers: Final = CIMultiDictProxy(
+            CIMultiDict(
+                {
+                    "Authorization": f"Bearer {api_key}",
+                    "User-Agent": USER_AGENT,
+                    "Accept": "application/json",
+                }
+            )
+        )
+        self._post_headers: Final = CIMultiDictProxy(
+            CIMultiDict({**self._headers, "Content-Type": "application/json"})
+        )
         # Credentials an answer may echo (the key; the receiver's secret via redact()): each is
         # replaced before anything reads the answer, so no error, log or CLI line shows it.
         self._secrets: list[tuple[bytes, bytes]] = []
@@ -449,7 +460,7 @@ class Transport:
         self, endpoint: str, body: bytes, request: Request
     ) -> Coroutine[Any, Any, tuple[int, bytes]]:
         """POST a submit; retried only while the service surely did not take it."""
-        return self._call("POST", f"{self._base}/{endpoint}", body, submit=request)
+        return self._call("POST", endpoint, body, submit=request)
 
     def read(
         self, path: str, *, job_id: str | None = None
@@ -461,12 +472,12 @@ class Transport:
         """
         if "." in path:
             path = "/".join(_DOTS.get(seg, seg) for seg in path.split("/"))
-        return self._call("GET", f"{self._base}/{path}", None, job_id=job_id)
+        return self._call("GET", path, None, job_id=job_id)
 
     async def _call(
         self,
         method: str,
-        url: str,
+        path: str,
         body: bytes | None,
         *,
         submit: Request | None = None,
@@ -474,6 +485,9 @@ class Transport:
     ) -> tuple[int, bytes]:
         session = self.session
         pacer = self._pacer
+        # Escaped by us (see `read`): never re-normalised.
+        url = self.base_url.with_path(f"{self._base_path}/{path}", encoded=True)
+        where = f"/{path}"  # for messages: the path under the base URL
         headers = self._post_headers if body is not None else self._headers
         is_submit = submit is not None
         attempt = 0
@@ -496,14 +510,14 @@ class Transport:
                     # close() began while this submit waited its turn: it was never sent.
                     raise ClientClosedError(None)
                 if session.closed:  # the client closed while this request waited its turn
-                    raise APIConnectionError(f"{method} {self._path(url)}: the client was closed")
+                    raise APIConnectionError(f"{method} {where}: the client was closed")
                 self._root.requests_sent += 1
                 try:
                     # No redirects: a submit's body carries the receiver's secret and the
                     # served files' URLs, which aiohttp would re-send to any origin a 307 names.
                     async with session.request(
                         method,
-                        URL(url, encoded=True),  # escaped by us: never re-normalised
+                        url,
                         data=body,
                         headers=headers,
                         timeout=self._timeout,
@@ -519,7 +533,7 @@ class Transport:
                 except (aiohttp.ClientError, TimeoutError) as exc:
                     verdict, what = judge_error(exc, submit=is_submit)
                     reason = f"{what} ({type(exc).__name__})"
-                    error = _connection_error(f"{method} {self._path(url)}", what, exc)
+                    error = _connection_error(f"{method} {where}", what, exc)
                     if verdict is not Verdict.RETRY:
                         # Raised below, outside this `except`: a ClientResponseError must not
                         # ride along as __context__ (its repr carries the request's headers).
@@ -534,7 +548,7 @@ class Transport:
                         return status, raw
                     if status < 400:
                         redirect = _redirect_error(
-                            method, self._path(url), status, raw, location, job_id
+                            method, where, status, raw, location, job_id
                         )
                         if submit is not None and status == 303:
                             # "See Other" after a POST is how a server says "created, look
@@ -577,7 +591,7 @@ class Transport:
             delay = self.retry.delay(attempt, retry_after)
             attempt += 1
             self._root.retries += 1
-            log.debug("retrying %s %s in %.2f s after %s", method, self._path(url), delay, error)
+            log.debug("retrying %s %s in %.2f s after %s", method, where, delay, error)
             await asyncio.sleep(delay)
 
     @property
@@ -606,9 +620,6 @@ class Transport:
     def refuse_submits(self) -> None:
         """From now on, submits not yet sent raise ``ClientClosedError`` (``close()`` began)."""
         self._closing = True
-
-    def _path(self, url: str) -> str:
-        return url[len(self._base) :] if url.startswith(self._base) else URL(url).path
 
     # -- downloads ---------------------------------------------------------------------------
 

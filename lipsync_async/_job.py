@@ -14,13 +14,19 @@ Invariants (tested in ``tests/test_job_lifecycle.py`` and the stateful scheduler
   closing a client with a million pending jobs builds no million messages.
 
 The per-job budget (issue *A million pending jobs in half the bytes*): a pending job is this one
-object, GC-tracked, and nothing else the collector walks. Its six slots hold the id (the
-string the submit answer carried), the tracker, the last known state (a shared tuple for the
-initial ``processing``; a plain tuple, which the collector untracks, after a read changed it),
-a small-int phase, the done callbacks (``None`` for most jobs, one shared callable for a
-store's, a list only with several), and the tracker's calendar slot. What was submitted is
-not kept: the store records it, and ``SubmissionUncertainError.request`` carries it when it
-matters. See ``_tracker`` for the bytes.
+object, GC-tracked, and nothing else the collector walks. It has three slots, because a full
+collection visits every slot of every tracked object (1M jobs: each non-empty slot adds ~8 ms,
+each slot ~3 ms to a gen-2 pause): the id (the string the submit answer carried), the last
+known state (``INITIAL``, shared by every fresh job; a plain tuple, which the collector
+untracks, after a read changed it; the final ``JobState`` once completed or failed), and the
+``_slot``: where the job is (a calendar bucket, or one of its tracker's two places: idle or
+being read) while pending, and how it ended (a :class:`Done` mark) after. Each of those names
+the tracker, so the job needs no slot of its own for it; the phase is the mark's, shared by
+every job that ended the same way (a refused read's mark is its own: it carries the error).
+Done callbacks and awaiters' futures are kept by the tracker (``Tracker.waiters``, keyed by
+job), so a job nobody waits on pays nothing for them. What was submitted is not kept: the store
+records it, and ``SubmissionUncertainError.request`` carries it when it matters. See
+``_tracker`` for the bytes.
 """
 
 from __future__ import annotations
@@ -37,14 +43,13 @@ from ._errors import ClientClosedError, JobFailed, JobTimeoutError, LipsyncError
 from ._models import JobState, JobStatus
 
 if TYPE_CHECKING:
-    from ._tracker import Tracker
+    from ._tracker import Bucket, Tracker
 
-__all__ = ["Job", "close_all", "iter_completed", "pack_state"]
+__all__ = ["Done", "Job", "Place", "close_all", "iter_completed", "pack_state"]
 
 log = logging.getLogger("lipsync_async")
 
-# Phases. Small ints: CPython caches them, so a phase costs a job nothing but its slot.
-_PENDING: Final = 0
+# How a job ended (``Done.phase``); a pending job has no phase, its slot is a place.
 _COMPLETED: Final = 1
 _FAILED: Final = 2
 _ENDED: Final = 3  # a status read was refused (404, 401): the error is kept in _state
@@ -86,14 +91,41 @@ Callback = Callable[["Job"], object]
 _Waiter = Callback | asyncio.Future[None]
 
 
-class _Ended:
-    """A job whose tracking a refused read ended: its last state and the error, kept together."""
+class Place:
+    """Where a pending job is when it is in no calendar bucket: ``idle`` (waiting for a
+    delivery, or attached by id and not awaited) or ``reading`` (its status read is in flight).
 
-    __slots__ = ("error", "state")
+    One of each per tracker, shared by all its jobs there; like a bucket, it names the tracker.
+    """
 
-    def __init__(self, state: tuple[Any, ...] | None, error: LipsyncError) -> None:
-        self.state = state
+    __slots__ = ("name", "tracker")
+
+    def __init__(self, tracker: Tracker, name: str) -> None:
+        self.tracker = tracker
+        self.name = name
+
+    def __repr__(self) -> str:
+        return f"<{self.name}>"
+
+
+class Done:
+    """How a job ended, kept in its ``_slot``: the phase, and the error of a refused read.
+
+    One per tracker and phase, shared by every job that ended so (closing a million jobs
+    allocates nothing), except a refused read's, which carries its own error.
+    """
+
+    __slots__ = ("error", "phase", "tracker")
+
+    def __init__(self, tracker: Tracker, phase: int, error: LipsyncError | None = None) -> None:
+        self.tracker = tracker
+        self.phase = phase
         self.error = error
+
+    @staticmethod
+    def marks(tracker: Tracker) -> tuple[Done, ...]:
+        """The shared marks of ``tracker``, indexed by phase (``_ENDED``'s is never used)."""
+        return tuple(Done(tracker, phase) for phase in range(_CLOSED + 1))
 
 
 class Job:
@@ -111,15 +143,17 @@ class Job:
     directly.
     """
 
-    __slots__ = ("__weakref__", "_callbacks", "_id", "_phase", "_slot", "_state", "_tracker")
+    __slots__ = ("__weakref__", "_id", "_slot", "_state")
 
     def __init__(self, job_id: str, tracker: Tracker, state: tuple[Any, ...] | None) -> None:
         self._id = job_id
-        self._tracker = tracker
         self._state: Any = state  # tuple | None while pending; see the module docstring
-        self._phase = _PENDING
-        self._callbacks: _Waiter | list[_Waiter] | None = None
-        self._slot: object = None  # the tracker's: where in its calendar this job is
+        # Where the job is (a bucket, or the tracker's idle or reading place) or how it ended.
+        self._slot: Bucket | Place | Done = tracker.idle
+
+    @property
+    def _tracker(self) -> Tracker:
+        return self._slot.tracker
 
     # -- public ------------------------------------------------------------------------------
 
@@ -132,19 +166,18 @@ class Job:
     def state(self) -> JobState | None:
         """The last known state (``None`` for a job attached by id and not read yet)."""
         state = self._state
-        if isinstance(state, _Ended):
-            state = state.state
-        if state is None or isinstance(state, JobState):
+        if state is None or type(state) is JobState:
             return state
         return unpack_state(self._id, state)
 
     def done(self) -> bool:
         """True once the job ended: completed, failed, tracking refused, cancelled or closed."""
-        return self._phase != _PENDING
+        return type(self._slot) is Done
 
     def cancelled(self) -> bool:
         """True if ``cancel()`` stopped tracking this job before it finished."""
-        return self._phase == _CANCELLED
+        slot = self._slot
+        return type(slot) is Done and slot.phase == _CANCELLED
 
     def cancel(self) -> bool:
         """Stop tracking the job; its awaiters get ``asyncio.CancelledError``.
@@ -153,9 +186,9 @@ class Job:
         the job is no longer pending there either (``pending()`` will not resume it). Returns
         False if the job had already ended.
         """
-        if self._phase != _PENDING:
+        if type(self._slot) is Done:
             return False
-        self._tracker.forget(self)
+        self._slot.tracker.forget(self)
         self._end(_CANCELLED)
         return True
 
@@ -165,19 +198,19 @@ class Job:
         Each call raises a new exception (or the same one with a fresh traceback), so raising
         it again and again never grows its traceback.
         """
-        phase = self._phase
-        if phase == _COMPLETED:
+        slot = self._slot
+        if type(slot) is Done and slot.phase == _COMPLETED:
             state: JobState = self._state
             return state
         raise self._error()
 
     def exception(self) -> BaseException | None:
         """What ended the job unsuccessfully, ``None`` if it completed (raises if not done)."""
-        phase = self._phase
-        if phase == _COMPLETED:
-            return None
-        if phase in (_PENDING, _CANCELLED):
+        slot = self._slot
+        if type(slot) is not Done or slot.phase == _CANCELLED:
             raise self._error()
+        if slot.phase == _COMPLETED:
+            return None
         return self._error()
 
     def add_done_callback(self, fn: Callback) -> None:
@@ -187,8 +220,8 @@ class Job:
         order they were added; a callback added after the end is scheduled at once. An
         exception in one is logged and does not stop the others.
         """
-        if self._phase != _PENDING:
-            self._tracker.loop.call_soon(_run_callback, fn, self)
+        if type(self._slot) is Done:
+            self._slot.tracker.loop.call_soon(_run_callback, fn, self)
         else:
             self._subscribe(fn)
 
@@ -197,33 +230,46 @@ class Job:
         return self._unsubscribe(fn)
 
     def _subscribe(self, fn: _Waiter) -> None:
-        callbacks = self._callbacks
+        # Kept by the tracker, not on the job: most pending jobs have none, and a slot holding
+        # None would still be one more reference for every gen-2 collection to visit.
+        waiters = self._slot.tracker.waiters
+        callbacks = waiters.get(self)
         if callbacks is None:
-            self._callbacks = fn
+            waiters[self] = fn
         elif isinstance(callbacks, list):
             callbacks.append(fn)
         else:
-            self._callbacks = [callbacks, fn]
+            waiters[self] = [callbacks, fn]
 
     def _unsubscribe(self, fn: _Waiter) -> int:
-        callbacks = self._callbacks
+        if type(self._slot) is Done:
+            return 0
+        waiters = self._slot.tracker.waiters
+        callbacks = waiters.get(self)
         if callbacks is None:
             return 0
         if not isinstance(callbacks, list):
             if callbacks == fn:  # ==, not is: bound methods are made anew on each access
-                self._callbacks = None
+                del waiters[self]
                 return 1
             return 0
         kept = [cb for cb in callbacks if cb != fn]
         removed = len(callbacks) - len(kept)
-        self._callbacks = kept if len(kept) > 1 else (kept[0] if kept else None)
+        if len(kept) > 1:
+            waiters[self] = kept
+        elif kept:
+            waiters[self] = kept[0]
+        else:
+            del waiters[self]
         return removed
 
     def __await__(self) -> Generator[Any, None, JobState]:
-        if self._phase == _PENDING:
-            fut: asyncio.Future[None] = self._tracker.loop.create_future()
+        slot = self._slot
+        if type(slot) is not Done:
+            tracker = slot.tracker
+            fut: asyncio.Future[None] = tracker.loop.create_future()
             self._subscribe(fut)  # set directly when the job ends, see _notify
-            self._tracker.awaited(self)
+            tracker.awaited(self)
             try:
                 yield from fut.__await__()
             finally:
@@ -237,24 +283,25 @@ class Job:
         Raises :class:`JobTimeoutError` when the deadline passes; the job stays tracked and can
         be awaited again.
         """
-        if timeout is None or self._phase != _PENDING:
+        if timeout is None or type(self._slot) is Done:
             return await self
         try:
             async with asyncio.timeout(timeout):
                 return await self
         except TimeoutError:
-            if self._phase != _PENDING:  # finished in the same loop turn as the deadline
+            if type(self._slot) is Done:  # finished in the same loop turn as the deadline
                 return self.result()
             raise JobTimeoutError(self._id, timeout) from None
 
     def __repr__(self) -> str:
-        phase = self._phase
+        slot = self._slot
+        phase = slot.phase if type(slot) is Done else None
         if phase == _CANCELLED:
             what = "cancelled"
         elif phase == _CLOSED:
             what = "closed"
         elif phase == _ENDED:
-            what = f"error={type(self._state.error).__name__}"
+            what = f"error={type(slot.error).__name__}"  # type: ignore[union-attr]
         else:
             state = self.state
             what = str(state.status) if state is not None else "unknown"
@@ -269,7 +316,7 @@ class Job:
         A state equal to the one held is not stored again: a read that changes nothing leaves
         nothing new behind for the collector.
         """
-        if self._phase != _PENDING:
+        if type(self._slot) is Done:
             return
         status = state.status
         if status is JobStatus.COMPLETED:
@@ -290,37 +337,36 @@ class Job:
         Unchanged (nearly every read), nothing is stored; changed, a plain tuple the
         collector untracks.
         """
-        if self._phase == _PENDING:
+        if type(self._slot) is not Done:
             packed = (status._value_, *rest)
             if packed != self._state:
                 self._state = packed
 
     def _refuse(self, error: LipsyncError) -> None:
-        """End tracking with the error a read got (404, 401)."""
-        if self._phase != _PENDING:
+        """End tracking with the error a read got (404, 401); the last state stays."""
+        if type(self._slot) is Done:
             return
         # Without the read's traceback: its frames hold the tracker, the reader and this job.
-        self._state = _Ended(self._state, error.with_traceback(None))
-        self._end(_ENDED)
+        self._end(_ENDED, error.with_traceback(None))
 
     def _close(self) -> None:
-        """The client closed: end the wait (the error is built when someone raises it).
+        """The client closed: end the wait (the error is built when someone raises it)."""
+        if type(self._slot) is not Done:
+            self._end(_CLOSED)
 
-        The fast path matters: a close ends every pending job, a million of them at scale.
-        """
-        if self._phase == _PENDING:
-            if self._callbacks is None:
-                self._phase = _CLOSED
-            else:
-                self._end(_CLOSED)
+    def _end(self, phase: int, error: LipsyncError | None = None) -> None:
+        # The tracker has already taken the job out of its calendar and its table: it does
+        # that before it ends a job, so a finished job is referenced by nothing of the
+        # client's but its mark (shared) and, until they run, its callbacks.
+        tracker = self._slot.tracker
+        self._slot = tracker.ends[phase] if error is None else Done(tracker, phase, error)
+        waiters = tracker.waiters
+        if waiters:
+            callbacks = waiters.pop(self, None)
+            if callbacks is not None:
+                self._notify_all(callbacks)
 
-    def _end(self, phase: int) -> None:
-        # The tracker has already taken the job out of its calendar (``_slot``): it does that
-        # before it ends a job, so a finished job is referenced by nothing of the client's.
-        self._phase = phase
-        callbacks, self._callbacks = self._callbacks, None
-        if callbacks is None:
-            return
+    def _notify_all(self, callbacks: _Waiter | list[_Waiter]) -> None:
         if isinstance(callbacks, list):
             for cb in callbacks:
                 self._notify(cb)
@@ -334,14 +380,15 @@ class Job:
             if not cb.done():
                 cb.set_result(None)
         else:
-            self._tracker.loop.call_soon(_run_callback, cb, self)
+            self._slot.tracker.loop.call_soon(_run_callback, cb, self)
 
     def _error(self) -> BaseException:
-        phase = self._phase
+        slot = self._slot
+        phase = slot.phase if type(slot) is Done else None
         if phase == _FAILED:
             return JobFailed(self._state)
         if phase == _ENDED:
-            return _fresh(self._state.error)
+            return _fresh(slot.error)  # type: ignore[union-attr,arg-type]
         if phase == _CLOSED:
             return ClientClosedError(self._id)
         if phase == _CANCELLED:
@@ -349,20 +396,27 @@ class Job:
         return asyncio.InvalidStateError(f"job {self._id} is not done")
 
 
-def close_all(jobs: Iterable[Job]) -> None:
-    """End every pending job of ``jobs`` as closed: what ``Tracker.close`` does to each.
+def close_all(jobs: Iterable[Job], tracker: Tracker) -> None:
+    """End every pending job of ``jobs``, and any other job ``tracker`` holds callbacks for,
+    as closed: what ``Tracker.close`` does to each.
 
     One loop over the jobs' slots rather than a method call or two per job: a job nobody awaits
-    (most of a million pending) costs two attribute stores, so ``close()`` stays well under a
-    second at a million jobs. A job with awaiters or callbacks ends as ``_close`` ends it.
+    (most of a million pending) costs one attribute store (its shared mark), so ``close()``
+    stays well under a second at a million jobs. A job with awaiters or callbacks has them
+    notified, in the order of ``jobs``.
     """
+    mark = tracker.ends[_CLOSED]
+    waiters = tracker.waiters
     for job in jobs:
-        job._slot = None
-        if job._phase == _PENDING:
-            if job._callbacks is None:
-                job._phase = _CLOSED
-            else:
-                job._end(_CLOSED)
+        if type(job._slot) is not Done:
+            job._slot = mark
+            if waiters:
+                callbacks = waiters.pop(job, None)
+                if callbacks is not None:
+                    job._notify_all(callbacks)
+    for job in list(waiters):  # none by the tracker's invariants; never left waiting if so
+        if type(job._slot) is not Done:
+            job._end(_CLOSED)
 
 
 async def iter_completed(

@@ -5,42 +5,45 @@ Whatever learns a job's state first resolves it: a status read here, or a delive
 for a job we do not know yet (it can beat the submit's own answer) waits in a bounded,
 time-limited buffer and is matched when the job is tracked.
 
-The calendar: due reads are grouped in buckets of ``_TICK`` seconds, each a ``dict`` of id to
-``Job`` with one ``loop.call_at`` timer; there is no scheduler task, heap or sleeper of our
+The calendar: due reads are grouped in buckets of ``_TICK`` seconds, each a ``dict`` of the
+jobs' ids with one ``loop.call_at`` timer; there is no scheduler task, heap or sleeper of our
 own. When a bucket's timer fires, the bucket joins the ready queue and readers are started, at
 most ``max_in_flight`` of them; each reader takes jobs from the ready buckets until none is
-left, then exits. A job's ``_slot`` names the bucket it sits in, so rescheduling and finishing
-are O(1) dict deletions, never a search.
+left, then exits. A job's ``_slot`` names the bucket it sits in (or the tracker's ``idle`` or
+``_reading`` place), so rescheduling and finishing are O(1) dict deletions, never a search.
 
 Invariants (the stateful test in ``tests/test_scheduler_stateful.py`` checks them after every
 step of random interleavings, with a virtual clock):
 
 1. A pending job is in ``_jobs`` and in exactly one of these places:
 
-   * **waiting for a delivery**: no slot (attached by id, not awaited yet);
+   * **waiting for a delivery**: in the ``idle`` place (attached by id, not awaited yet);
    * **scheduled at t**: in the bucket of t, whose timer is armed;
    * **queued**: in a fired bucket of the ready queue, and at least one reader is active
      (a reader decides to exit only in the same step in which it sees the ready queue empty,
      and its count drops in that step: no reader that is about to exit is counted);
-   * **being read**: a reader awaits its status read; when the read ends, the job is
-     rescheduled (or finished), whatever the read raised.
+   * **being read**: in the ``_reading`` place; a reader awaits its status read; when the
+     read ends, the job is rescheduled (or finished), whatever the read raised.
 
 2. A finished job (completed, failed, refused, cancelled, closed) is in no bucket, not in
-   ``_jobs`` and referenced by nothing of the tracker's: the only things kept of it are an
-   8-byte fingerprint of its id (in a fixed ring of recent ids that acknowledges duplicate
-   deliveries) and what its own callbacks keep. A bucket its last job leaves is dropped with
-   its timer, and the job table is renewed when the last pending job ends, so nothing of a
-   finished wave stays behind (``bench_scale.py``: 2% of what it held pending, 1 s after).
+   ``_jobs`` nor ``waiters``, and referenced by nothing of the tracker's: the only things kept
+   of it are an 8-byte fingerprint of its id (in a fixed ring of recent ids that acknowledges
+   duplicate deliveries) and what its own callbacks keep. A bucket its last job leaves is
+   dropped with its timer, and the job table is renewed when the last pending job ends, so
+   nothing of a finished wave stays behind (``bench_scale.py``: 2% of what it held pending,
+   1 s after).
 3. ``close()`` ends every pending job's wait (``ClientClosedError``), cancels every timer and
    reader, and leaves no task behind.
 
 The budget of one pending job (measured by ``benchmarks/bench_scale.py``; the tracked-object
-count is a test, ``test_a_pending_job_is_one_tracked_object``): the ``Job`` (88 B, the one
-object the collector tracks), its id string (85 B for a UUID), one entry in ``_jobs`` and one
-in its bucket (about 30-40 B each, string-keyed dicts): about 240 B, measured 234-248 B at
-100k and 1M. The bucket dicts and their timers are shared by all the jobs due in the same
-tick, and long delays (the 600 s webhook grace) are snapped to a coarser grain so that 100,000
-jobs share a few hundred buckets.
+count is a test, ``test_a_pending_job_is_one_tracked_object``): the ``Job`` (64 B, the one
+object the collector tracks, three slots: ``_job`` says why), its id string (85 B for a UUID),
+one entry in ``_jobs`` and one in its bucket (about 30-40 B each, string-keyed dicts): about
+215 B. What a gen-2 collection visits per pending job is the job, its three slots and type,
+and its entry in ``_jobs`` (``test_a_pending_job_gives_the_collector_little_to_visit``). The
+bucket dicts and their timers are shared by all the jobs due in the same tick, and long delays
+(the 600 s webhook grace) are snapped to a coarser grain so that 100,000 jobs share a few
+hundred buckets.
 """
 
 from __future__ import annotations
@@ -54,7 +57,7 @@ from collections import OrderedDict, deque
 from typing import TYPE_CHECKING, Any, Final
 
 from ._errors import APIError, AuthenticationError, LipsyncError, NotFoundError
-from ._job import INITIAL, Job, close_all
+from ._job import INITIAL, Done, Job, Place, close_all
 from ._models import JobState, JobStatus
 from ._telemetry import NOOP, VIA_DELIVERY, VIA_READ, Telemetry
 from ._wire import job_path, loads_object, parse_job_state, read_job_state, state_to_wire
@@ -69,18 +72,6 @@ log = logging.getLogger("lipsync_async")
 _TICK: Final = 0.02  # calendar resolution, seconds
 _GRAIN: Final = 1.0 / 1024  # long delays are rounded up to this fraction of themselves
 _RECENT_MAX: Final = 10_000
-
-
-class _Reading:
-    """The slot of a job whose status read is in flight."""
-
-    __slots__ = ()
-
-    def __repr__(self) -> str:
-        return "<reading>"
-
-
-_READING: Final = _Reading()
 
 
 class _RecentIds:
@@ -130,11 +121,12 @@ class Bucket(dict[str, None]):
     read takes the ``Job`` from the table by id.
     """
 
-    __slots__ = ("key",)
+    __slots__ = ("key", "tracker")
 
-    def __init__(self, key: int) -> None:
+    def __init__(self, key: int, tracker: Tracker) -> None:
         super().__init__()
         self.key = key
+        self.tracker = tracker  # a job in this bucket finds its tracker here (see _job)
 
 
 class Tracker:
@@ -156,13 +148,17 @@ class Tracker:
         "_loop",
         "_max_readers",
         "_readers",
+        "_reading",
         "_ready",
         "_recent",
         "_timers",
         "_transport",
+        "ends",
+        "idle",
         "poll_interval",
         "reads",
         "tel",
+        "waiters",
         "webhook_grace",
     )
 
@@ -182,6 +178,14 @@ class Tracker:
         self.webhook_grace = webhook_grace
         self._jitter = jitter
         self._jobs: dict[str, Job] = {}
+        # A job's ``_slot`` when in no bucket: idle (waiting for a delivery, or attached and
+        # not awaited) or being read; and, once it ended, the shared mark of how (see _job).
+        self.idle = Place(self, "idle")
+        self._reading = Place(self, "reading")
+        self.ends = Done.marks(self)
+        # The done callbacks and awaiters' futures of pending jobs (most have none): here and
+        # not on each job, so a job nobody waits on has no slot for them to visit.
+        self.waiters: dict[Job, Any] = {}
         self._buckets: dict[int, Bucket] = {}
         self._timers: dict[int, asyncio.TimerHandle] = {}
         self._ready: deque[Bucket] = deque()
@@ -235,7 +239,7 @@ class Tracker:
         self._early.clear()
         self._early_bytes = 0
         jobs, self._jobs = self._jobs, {}
-        close_all(jobs.values())
+        close_all(jobs.values(), self)
         if self.tel.on:
             self.tel.forget_all()
         if readers:
@@ -259,7 +263,7 @@ class Tracker:
         """The ``Job`` of a fresh submit; its first read is due after a poll or the grace."""
         job = self._jobs.get(job_id)
         if job is not None:  # its delivery (through a store) made us attach it already
-            if job._slot is None:
+            if job._slot is self.idle:
                 self._schedule_in(job, self.webhook_grace if webhook else self.poll_interval)
             return job
         job = Job(job_id, self, INITIAL)
@@ -286,13 +290,13 @@ class Tracker:
             self._jobs[job_id] = job
             if self._match_early(job):
                 return job
-        if poll and job._slot is None and not job.done():
+        if poll and job._slot is self.idle:  # idle: pending, in no bucket
             self._schedule_in(job, self.poll_interval)
         return job
 
     def awaited(self, job: Job) -> None:
         """Someone waits on ``job``: an attached job not yet scheduled is read now."""
-        if job._slot is None and not job.done() and self._jobs.get(job.id) is job:
+        if job._slot is self.idle and self._jobs.get(job.id) is job:
             self._schedule_at(job, self.loop.time())
 
     def forget(self, job: Job) -> None:
@@ -308,7 +312,7 @@ class Tracker:
         slot = job._slot
         if type(slot) is Bucket:
             self._leave(slot, job.id)
-        job._slot = None
+        job._slot = self.idle
 
     def _leave(self, bucket: Bucket, job_id: str) -> None:
         del bucket[job_id]
@@ -343,7 +347,7 @@ class Tracker:
         key = int(due / _TICK) + 1  # the bucket ending at or after `due`
         bucket = self._buckets.get(key)
         if bucket is None:
-            bucket = self._buckets[key] = Bucket(key)
+            bucket = self._buckets[key] = Bucket(key, self)
             # In a context of the tracker's own, not the caller's (a submit inside the
             # application's span or request context): see _spawn.
             self._timers[key] = self.loop.call_at(
@@ -497,7 +501,7 @@ class Tracker:
                 job = jobs.get(bucket.popitem()[0])
                 if job is None:  # cannot be (invariant 1: a slotted job is in the table)
                     continue
-                job._slot = _READING
+                job._slot = self._reading
                 return job
             ready.popleft()
         return None
@@ -508,6 +512,7 @@ class Tracker:
         # so the reader awaits the transport directly (issue 20: reads at the transport's
         # limit).
         transport = self._transport
+        reading = self._reading
         try:
             while (job := self._next()) is not None:
                 job_id = job.id
@@ -532,12 +537,12 @@ class Tracker:
                     # kill this reader with an exception nobody retrieves.
                     log.exception("job %r: unexpected error during a status read", job_id)
                 else:
-                    if job._slot is _READING:  # not finished (or rescheduled) while we read
+                    if job._slot is reading:  # not finished (or rescheduled) while we read
                         if isinstance(read, JobState):  # final
                             self._apply(job, read, VIA_READ)
                         else:
                             job._keep(*read)
-                if job._slot is _READING and not job.done():
+                if job._slot is reading:  # still pending, and not rescheduled meanwhile
                     self._schedule_in(job, self.poll_interval)
         finally:
             # In the step that saw the queue empty (or on cancellation): see invariant 1.

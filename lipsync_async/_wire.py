@@ -20,9 +20,13 @@ from __future__ import annotations
 import json
 import logging
 import reprlib
+from collections.abc import Callable
+from json.encoder import encode_basestring_ascii
+from operator import attrgetter
 from typing import Any, Final
 from urllib.parse import quote
 
+import attrs
 import cattrs
 from cattrs.gen import make_dict_unstructure_fn, override
 
@@ -94,12 +98,74 @@ def form_state(request: Request) -> dict[str, Any]:
     return out
 
 
+def _quick_form_state(cls: type[Request]) -> Callable[[Request], str | None]:
+    """What :func:`form_state` plus the JSON encoder make of a request of ``cls``, written
+    directly (its keys pre-encoded), for the common request: every value given a plain
+    ``str`` (a URL, a choice, a prompt) or ``int`` (a seed), no ``extra``. ``None`` for any
+    other request, which takes the general path. The same text, byte for byte (a test
+    compares the two): fields in the converter's order, ``None`` and defaults omitted, strings
+    escaped as the encoder does (``ensure_ascii``). ~1 us where the general path takes ~10.
+    """
+    # The converter's own key order, read off a probe (cattrs puts required fields first, and
+    # that is its business): a request of ``cls`` made without its validators, every field a
+    # distinct marker, unstructured once.
+    by_name = {f.name: f for f in attrs.fields(cls)}
+    probe = object.__new__(cls)
+    for name in by_name:
+        object.__setattr__(probe, name, _EMPTY_EXTRA if name == "extra" else f"<{name}>")
+    fields = [by_name[name] for name in converter.unstructure(probe)]
+    keys = [encode_basestring_ascii(f.name) + ":" for f in fields]
+    # cattrs omits a value equal to its field's default (omit_if_default); a required field
+    # has none, so a sentinel no value equals stands in.
+    defaults = [object() if f.default is attrs.NOTHING else f.default for f in fields]
+    meta = list(zip(keys, defaults, strict=True))
+    values = attrgetter(*(f.name for f in fields))
+
+    def quick(request: Request) -> str | None:
+        parts = []
+        for (key, default), value in zip(meta, values(request), strict=True):
+            if value is None or value == default:
+                continue
+            kind = type(value)
+            if kind is str:
+                parts.append(key + encode_basestring_ascii(value))
+            elif kind is int:
+                parts.append(key + int.__repr__(value))
+            else:  # a local file, a float, an enum: the general path (and its checks)
+                return None
+        return ",".join(parts)
+
+    return quick
+
+
+_EMPTY_EXTRA: Final[Any] = {}
+
+_QUICK: Final = {
+    cls: _quick_form_state(cls)
+    for cls in (LipsyncVideoRequest, LipsyncImageRequest, LipsyncImageMultiRequest)
+}
+
+
 def dump_request(request: Request, webhook: str | None = None) -> bytes:
     """The submit body, serialised: ``{"webhook"?: ..., "formState": {...}}``.
 
     Media must be URLs by now: the client swaps local files for their served URLs before
     this point, so a path here is a caller's mistake, not something to put on the wire.
     """
+    quick = _QUICK.get(type(request))
+    if quick is not None and not request.extra:
+        inner = quick(request)  # media all strings here: no local file to refuse
+        if inner is not None:
+            hook = request.webhook or webhook
+            if hook:
+                head = f'{{"webhook":{encode_basestring_ascii(hook)},'
+                return f'{head}"formState":{{{inner}}}}}'.encode()
+            return f'{{"formState":{{{inner}}}}}'.encode()
+    return _dump_request(request, webhook)
+
+
+def _dump_request(request: Request, webhook: str | None) -> bytes:
+    """``dump_request`` through the converter and the JSON encoder: any request."""
     for field in local_media(request):
         raise ValidationError(
             field, "is a local file; LipsyncClient.submit serves it first (it needs a receiver)"
@@ -324,7 +390,7 @@ def read_job_state(
         raise APIError(
             f"asked for job {job_id}, the answer is about {got}", status=status, job_id=job_id
         )
-    if job_status.is_final:
+    if job_status is not _PROCESSING and job_status.is_final:  # nearly every read: processing
         return _state(got, job_status, rest)
     return job_status, rest
 

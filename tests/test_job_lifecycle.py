@@ -309,6 +309,32 @@ def test_a_pending_job_is_one_tracked_object(vloop: VirtualLoop, webhook: bool) 
     run(vloop, tracker.close)
 
 
+@pytest.mark.parametrize("webhook", [True, False], ids=["webhook", "polling"])
+def test_a_pending_job_gives_the_collector_little_to_visit(
+    vloop: VirtualLoop, webhook: bool
+) -> None:
+    """The other half of the budget (issue 20: the stall at 1M): a gen-2 collection visits each
+    reference a tracked object holds, so a pending job nobody waits on holds at most four (its
+    type, its id, its state, where it is), and the only tracked objects among them are shared
+    by many jobs (the initial state, a calendar bucket or the tracker's idle place), never one
+    per job: what the collector walks per job is the job itself."""
+    service = ScriptedService(max_in_flight=64)
+    tracker = tracker_on(vloop, service, poll=1.0, grace=60.0)
+    ids = [f"{i:08d}-0000-4000-8000-000000000000" for i in range(5000)]
+    for i in ids:
+        service.create(i)
+    jobs = [tracker.submitted(i, webhook=webhook) for i in ids]
+    jobs.append(tracker.attach("attached-0000-4000-8000-000000000000"))  # idle, not awaited
+    gc.collect()
+    shared: set[int] = set()
+    for job in jobs:
+        referents = gc.get_referents(job)
+        assert len(referents) <= 4, referents
+        shared.update(id(r) for r in referents if gc.is_tracked(r))
+    assert len(shared) <= 20, len(shared)  # a few buckets, the idle place, the type
+    run(vloop, tracker.close)
+
+
 def test_status_reads_that_change_nothing_keep_nothing(vloop: VirtualLoop) -> None:
     """A status read that changes nothing keeps no new object; one that changes the state (the
     first read: the model becomes known) keeps only what the collector untracks. Measured over

@@ -241,6 +241,11 @@ class Lifecycle(RuleBasedStateMachine):
     def pending_count_is_the_jobs_not_done(self) -> None:
         assert self.tracker.pending == sum(not j.done() for j in self.all)
 
+    @invariant()
+    def callbacks_are_kept_for_pending_jobs_only(self) -> None:
+        # Invariant 2 of _tracker: an ended job's callbacks and futures are not kept.
+        assert not any(job.done() for job in self.tracker.waiters)
+
     def teardown(self) -> None:
         try:
             if not self.closed:

@@ -15,8 +15,11 @@ from lipsync_async import (
     JobStatus,
     LipsyncImageMultiRequest,
     LipsyncImageRequest,
+    LipsyncVideoRequest,
 )
+from lipsync_async._choices import ORDERS, RESOLUTIONS
 from lipsync_async._wire import (
+    _dump_request,
     dump_request,
     loads_object,
     parse_job_state,
@@ -35,6 +38,40 @@ def test_submit_body_layout() -> None:
         "webhook": "https://hooks.example.com/w/s",
         "formState": {"image": IMAGE, "audio": AUDIO, "resolution": "720p", "seed": 42, "k": 1},
     }
+
+
+urls = st.sampled_from(
+    [IMAGE, AUDIO, "https://cdn.example.com/caf\u00e9 \u2028.mp3", "http://127.0.0.1:8/a?b=\"c\"&d"]
+)
+optional = {
+    "resolution": st.none() | st.sampled_from(RESOLUTIONS),
+    "prompt": st.none() | st.text(max_size=20),
+    "seed": st.none() | st.integers(min_value=-(2**70), max_value=2**70),
+    "webhook": st.none() | urls,
+    "extra": st.none() | st.dictionaries(st.sampled_from(["x", "yy"]), st.integers(), max_size=2),
+}
+requests = (
+    st.builds(LipsyncImageRequest, image=urls, audio=urls, mask_image=st.none() | urls, **optional)
+    | st.builds(LipsyncVideoRequest, video=urls, audio=urls, **optional)
+    | st.builds(
+        LipsyncImageMultiRequest,
+        image=urls,
+        left_audio=urls,
+        right_audio=urls,
+        order=st.none() | st.sampled_from(ORDERS),
+        **optional,
+    )
+)
+
+
+@given(requests, st.none() | urls)
+def test_quick_submit_body_is_the_converters_byte_for_byte(
+    req: LipsyncImageRequest | LipsyncVideoRequest | LipsyncImageMultiRequest,
+    webhook: str | None,
+) -> None:
+    """The pre-encoded submit body (strings and ints written directly) is exactly what the
+    converter and the JSON encoder make: same keys, same order, same escapes."""
+    assert dump_request(req, webhook) == _dump_request(req, webhook)
 
 
 def test_explicit_webhook_wins_and_none_omits() -> None:
