@@ -9,18 +9,35 @@ through their public API only.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
+import json
 import logging
 import traceback
 import weakref
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any, TypeVar
 
 import pytest
+from aiohttp import web
 
-from lipsync_async import ClientClosedError, Job, JobFailed, JobState, JobStatus, NotFoundError
+from lipsync_async import (
+    APIError,
+    ClientClosedError,
+    Job,
+    JobFailed,
+    JobState,
+    JobStatus,
+    JobTimeoutError,
+    LipsyncClient,
+    NotFoundError,
+    WebhookReceiver,
+)
 from lipsync_async._tracker import Tracker
+from lipsync_async.stores import MemoryStore
+from lipsync_async.testing import FakeLipsyncServer
 
+from ._rawserver import RawServer
 from ._vclock import ScriptedService, Stranded, VirtualLoop
 
 T = TypeVar("T")
@@ -441,7 +458,6 @@ def test_as_completed_yields_every_job_that_ends_in_time(vloop: VirtualLoop) -> 
     """as_completed(timeout=) yields each job as it ends, first ended first, when all end
     before the deadline; past the deadline it raises JobTimeoutError naming the timeout, and
     the jobs left stay tracked."""
-    from lipsync_async import JobTimeoutError
     from lipsync_async._job import iter_completed
 
     service = ScriptedService()
@@ -471,3 +487,259 @@ def test_as_completed_yields_every_job_that_ends_in_time(vloop: VirtualLoop) -> 
 
     run(vloop, scenario)
     run(vloop, tracker.close)
+
+
+# -- Through the client, on the virtual clock ------------------------------------------------
+# The promises below were found unguarded by mutation testing (benchmarks/RESULTS.md, "Mutation
+# testing"): each test fails on at least one surviving mutant of _tracker, _job or _complete.
+# They use only public names: a LipsyncClient against the emulator over real loopback sockets,
+# on the virtual loop, so that minutes of polling and webhook grace pass in milliseconds.
+
+IMAGE = "https://media.example.com/face.png"
+AUDIO = "https://media.example.com/voice.mp3"
+
+
+@contextlib.asynccontextmanager
+async def served(**client_kwargs: Any) -> AsyncIterator[tuple[FakeLipsyncServer, LipsyncClient]]:
+    """The emulator (jobs that never end by themselves) and a client of it."""
+    async with FakeLipsyncServer(job_duration=10**6, seed=1) as fake:
+        client_kwargs.setdefault("poll_interval", 5.0)
+        async with LipsyncClient(fake.api_key, base_url=fake.base_url, **client_kwargs) as client:
+            yield fake, client
+
+
+def reads(fake: FakeLipsyncServer) -> int:
+    return fake.requests["GET /jobs"]
+
+
+def test_one_id_attached_while_submitted_is_one_job_that_ends(vloop: VirtualLoop) -> None:
+    """`client.job(id)` of a job this client tracks is that job: awaited through either handle,
+    it ends once, when the service finishes it (a second Job for the id would replace the
+    first in the scheduler, and the first would never end)."""
+
+    async def scenario() -> None:
+        async with served() as (fake, client):
+            job = await client.lipsync_image(image=IMAGE, audio=AUDIO)
+            again = client.job(job.id)
+            assert again is job and client.stats["pending"] == 1
+            waits = [asyncio.ensure_future(j.wait()) for j in (job, again)]
+            await asyncio.sleep(12)
+            fake.complete_job(job.id)
+            async with asyncio.timeout(60):
+                states = await asyncio.gather(*waits)
+            assert [s.status for s in states] == [JobStatus.COMPLETED] * 2
+            assert client.stats["pending"] == 0
+
+    run(vloop, scenario)
+
+
+def test_an_attached_job_is_read_only_once_awaited(vloop: VirtualLoop) -> None:
+    """`client.job(id)` makes no request until the job is awaited (README: a delivery resolves
+    it meanwhile); awaited, it is read at once. Its repr says its state is unknown until then."""
+
+    async def scenario() -> None:
+        async with served() as (fake, client):
+            other = await client.lipsync_image(image=IMAGE, audio=AUDIO)
+            fake.complete_job(other.id)
+            await other
+            before = reads(fake)
+            job = client.job("job-from-elsewhere")
+            assert repr(job) == "<Job job-from-elsewhere unknown>" and job.state is None
+            await asyncio.sleep(120)
+            assert reads(fake) == before and not job.done()
+            with pytest.raises(NotFoundError):
+                async with asyncio.timeout(1):
+                    await job
+            assert reads(fake) == before + 1
+
+    run(vloop, scenario)
+
+
+def test_attaching_a_job_waiting_for_its_delivery_keeps_its_grace(vloop: VirtualLoop) -> None:
+    """A submitted job waits `webhook_grace` for its delivery before any read; attaching it
+    again by id (`client.job`) must not move its first read earlier. Its delivery then
+    resolves it with no read at all."""
+
+    async def scenario() -> None:
+        receiver = WebhookReceiver()
+        async with served(webhook=receiver, webhook_grace=600.0) as (fake, client):
+            job = await client.lipsync_image(image=IMAGE, audio=AUDIO)
+            assert client.job(job.id) is job
+            await asyncio.sleep(300)
+            assert reads(fake) == 0 and not job.done()
+            fake.complete_job(job.id)
+            async with asyncio.timeout(5):
+                assert (await job).status is JobStatus.COMPLETED
+            assert reads(fake) == 0
+
+    run(vloop, scenario)
+
+
+def test_jobs_resumed_from_a_store_are_polled_without_being_awaited(vloop: VirtualLoop) -> None:
+    """`client.pending()` resumes a store's unfinished jobs: each is read after one poll
+    interval whether or not anyone awaits it (its delivery may have come while no process
+    listened), so its done callbacks and on_complete run."""
+
+    async def scenario() -> None:
+        store = MemoryStore()
+        async with served(store=store) as (fake, first):
+            job = await first.lipsync_image(image=IMAGE, audio=AUDIO)
+            job_id = job.id
+            fake.complete_job(job_id)  # while no worker is open to hear of it
+            completed: list[str] = []
+            async with LipsyncClient(
+                fake.api_key,
+                base_url=fake.base_url,
+                store=store,
+                poll_interval=5.0,
+                on_complete=lambda j: completed.append(j.id),
+            ) as second:
+                await first.close()
+                (resumed,) = await second.pending()
+                ended: list[Job] = []
+                resumed.add_done_callback(ended.append)
+                await asyncio.sleep(15)
+                assert ended == [resumed] and resumed.result().status is JobStatus.COMPLETED
+                assert completed == [job_id]
+
+    run(vloop, scenario)
+
+
+def test_removed_callbacks_are_never_called(
+    vloop: VirtualLoop, caplog: pytest.LogCaptureFixture
+) -> None:
+    """remove_done_callback of a job's only callback, or of one registered twice, leaves the
+    job nothing to call when it ends: no call, no error logged."""
+    calls: list[str] = []
+
+    def fn(job: Job) -> None:
+        calls.append(job.id)
+
+    async def scenario() -> None:
+        async with served() as (fake, client):
+            lone = await client.lipsync_image(image=IMAGE, audio=AUDIO)
+            twice = await client.lipsync_image(image=IMAGE, audio=AUDIO)
+            lone.add_done_callback(fn)
+            assert lone.remove_done_callback(fn) == 1
+            twice.add_done_callback(fn)
+            twice.add_done_callback(fn)
+            assert twice.remove_done_callback(fn) == 2
+            for job in (lone, twice):
+                fake.complete_job(job.id)
+            async with asyncio.timeout(60):
+                await asyncio.gather(lone, twice)
+            await asyncio.sleep(0)
+
+    with caplog.at_level(logging.WARNING, logger="lipsync_async"):
+        run(vloop, scenario)
+    assert calls == []
+    assert [r.getMessage() for r in caplog.records] == []
+
+
+def test_as_completed_stopped_early_leaves_nothing_on_the_jobs(vloop: VirtualLoop) -> None:
+    """as_completed removes its callback from every job when the iteration stops (here by its
+    deadline) with jobs left: a job that ends afterwards is not held (by the iterator's queue,
+    through a job still pending), and pending jobs cost no more tracked objects than before."""
+
+    async def scenario() -> tuple[weakref.ref[Job], Job]:
+        async with served(on_complete=lambda j: None) as (fake, client):
+            a, b, c = [await client.lipsync_image(image=IMAGE, audio=AUDIO) for _ in range(3)]
+            fake.complete_job(a.id)
+
+            async def consume(jobs: list[Job]) -> None:
+                async for job in client.as_completed(jobs, timeout=1.0):
+                    assert job is a  # the one ended: b and c are pending past the deadline
+
+            with pytest.raises(JobTimeoutError):
+                await consume([a, b, c])
+            fake.complete_job(b.id)
+            async with asyncio.timeout(60):
+                await b
+            await asyncio.sleep(0)  # b's done callbacks run
+            gone = weakref.ref(b)
+            del b
+
+            attached = [client.job(f"attached-{i}") for i in range(2000)]
+            gc.collect()
+            before = len(gc.get_objects())
+            with pytest.raises(JobTimeoutError):
+                async for _ in client.as_completed(attached, timeout=0):
+                    pass
+            gc.collect()
+            assert len(gc.get_objects()) - before < 200  # 2,000 jobs: not one object each
+            return gone, c
+
+    gone, pending = run(vloop, scenario)
+    gc.collect()
+    assert gone() is None
+    assert pending.done()  # closed with its client
+
+
+def test_get_job_is_one_status_read_about_that_job(vloop: VirtualLoop) -> None:
+    """get_job makes one status read (`stats["status_reads"]` counts it once); an unknown id
+    raises NotFoundError naming the job."""
+
+    async def scenario() -> None:
+        async with served() as (fake, client):
+            job = await client.lipsync_image(image=IMAGE, audio=AUDIO)
+            fake.complete_job(job.id)
+            state = await client.get_job(job.id)
+            assert state.status is JobStatus.COMPLETED and state.id == job.id
+            assert client.stats["status_reads"] == 1 and reads(fake) == 1
+            await client.get_job(job.id)
+            assert client.stats["status_reads"] == 2
+            with pytest.raises(NotFoundError) as info:
+                await client.get_job("no-such-job")
+            assert info.value.job_id == "no-such-job"
+
+    run(vloop, scenario)
+
+
+def test_get_job_refuses_an_answer_about_another_job_or_malformed(vloop: VirtualLoop) -> None:
+    """A status answer about another job, or one that is not a job state, is an APIError that
+    names the job asked about, the HTTP status and (malformed) the body; no job takes it."""
+    answers = {
+        "mixed": json.dumps({"id": "someone-else", "status": "completed"}),
+        "bogus": json.dumps({"id": "bogus", "status": 42}),
+        "notjson": "<html>oops</html>",
+    }
+
+    async def handler(request: web.Request) -> web.Response:
+        # 203: a success other than 200, so that the status the error names is the answer's
+        return web.Response(status=203, text=answers[request.path.rsplit("/", 1)[1]])
+
+    async def scenario() -> None:
+        async with (
+            RawServer(handler) as srv,
+            LipsyncClient("sk_test_raw", base_url=srv.base_url, max_retries=0) as client,
+        ):
+            with pytest.raises(APIError) as info:
+                await client.get_job("mixed")
+            assert "asked for job mixed, the answer is about someone-else" in str(info.value)
+            assert (info.value.status, info.value.job_id) == (203, "mixed")
+            with pytest.raises(APIError) as info:
+                await client.get_job("bogus")
+            assert "malformed job state" in str(info.value) and info.value.status == 203
+            assert info.value.body == answers["bogus"]  # the answer as sent
+            with pytest.raises(APIError) as info:
+                await client.get_job("notjson")
+            assert (info.value.status, info.value.job_id) == (203, "notjson")
+            assert client.stats["status_reads"] == 3
+
+    run(vloop, scenario)
+
+
+def test_a_verified_delivery_resolves_long_before_the_grace(vloop: VirtualLoop) -> None:
+    """With `verify=True`, a genuine delivery is checked by one status read and resolves its
+    job at once, not after the webhook grace."""
+
+    async def scenario() -> None:
+        receiver = WebhookReceiver(verify=True)
+        async with served(webhook=receiver, webhook_grace=600.0) as (fake, client):
+            job = await client.lipsync_image(image=IMAGE, audio=AUDIO)
+            fake.complete_job(job.id)
+            async with asyncio.timeout(30):
+                assert (await job).status is JobStatus.COMPLETED
+            assert reads(fake) == 1 and receiver.verify_reads == 1
+
+    run(vloop, scenario)
