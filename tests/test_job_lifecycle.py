@@ -39,6 +39,7 @@ from lipsync_async.testing import FakeLipsyncServer
 
 from ._rawserver import RawServer
 from ._vclock import ScriptedService, Stranded, VirtualLoop
+from ._waiting import until
 
 T = TypeVar("T")
 
@@ -741,5 +742,130 @@ def test_a_verified_delivery_resolves_long_before_the_grace(vloop: VirtualLoop) 
             async with asyncio.timeout(30):
                 assert (await job).status is JobStatus.COMPLETED
             assert reads(fake) == 1 and receiver.verify_reads == 1
+
+    run(vloop, scenario)
+
+
+def test_every_delivery_of_a_finished_job_is_acknowledged_as_known(vloop: VirtualLoop) -> None:
+    """Duplicated deliveries (the service retries, proxies repeat): the first resolves the job,
+    each later copy is recognised as an outcome the client already has (the ring of recent
+    ids), for the first job finished as for the others, and none of it costs a read."""
+
+    async def scenario() -> None:
+        receiver = WebhookReceiver()
+        async with served(webhook=receiver, webhook_grace=600.0) as (fake, client):
+            fake.webhook_duplicate_rate = 1.0
+            jobs = [await client.lipsync_image(image=IMAGE, audio=AUDIO) for _ in range(12)]
+            for job in jobs:
+                fake.complete_job(job.id)
+                async with asyncio.timeout(5):
+                    await job
+            await fake.wait_deliveries(2 * len(jobs))
+            await asyncio.sleep(1)
+            assert receiver.matched == len(fake.deliveries) == 2 * len(jobs)
+            assert reads(fake) == 0
+
+    run(vloop, scenario)
+
+
+def test_jobs_resolved_by_delivery_leave_no_timer_behind(vloop: VirtualLoop) -> None:
+    """Jobs waiting for their delivery sit in calendar buckets, each with a timer at the end
+    of the grace; a bucket its last job leaves is dropped with its timer at once, so a wave of
+    jobs resolved by delivery leaves nothing armed for the next ten minutes."""
+
+    async def scenario() -> None:
+        receiver = WebhookReceiver()
+        async with served(webhook=receiver, webhook_grace=600.0) as (fake, client):
+            jobs = [await client.lipsync_image(image=IMAGE, audio=AUDIO) for _ in range(50)]
+            now = vloop.time()
+
+            def at_graces_end() -> list[float]:  # 600 s, lengthened by up to 20% of jitter
+                return [t for t in vloop.armed() if now + 590 < t < now + 730]
+
+            assert len(at_graces_end()) >= 10
+            for job in jobs:
+                fake.complete_job(job.id)
+            async with asyncio.timeout(5):
+                await asyncio.gather(*jobs)
+            await asyncio.sleep(1)
+            assert at_graces_end() == []
+
+    run(vloop, scenario)
+
+
+def test_on_complete_runs_once_for_each_job_of_a_long_sequence(
+    vloop: VirtualLoop, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Without a store: on_complete runs once per job that completes or fails, for more jobs
+    than completions run at once (64), ending one after another; a job the service does not
+    know (a 404 ends it) runs nothing; nothing is logged at WARNING or above, and no "store
+    answers again" news for a store that never failed. `client.pending()` lists the jobs
+    tracked."""
+    ran: list[str] = []
+
+    async def scenario() -> None:
+        async with served(on_complete=lambda j: ran.append(j.id)) as (fake, client):
+            jobs = [await client.lipsync_image(image=IMAGE, audio=AUDIO) for _ in range(70)]
+            assert set(await client.pending()) == set(jobs)
+            for i, job in enumerate(jobs):
+                if i % 7:
+                    fake.complete_job(job.id)
+                else:
+                    fake.fail_job(job.id)
+                async with asyncio.timeout(60):
+                    await job.wait() if i % 7 else await _failed(job)
+                await until(lambda: len(ran) == i + 1)  # noqa: B023 - awaited here
+            ghost = client.job("unknown-to-the-service")
+            with pytest.raises(NotFoundError):
+                await ghost
+            await asyncio.sleep(1)
+            assert await client.pending() == []
+
+    with caplog.at_level(logging.INFO, logger="lipsync_async"):
+        run(vloop, scenario)
+    assert len(ran) == 70 and len(set(ran)) == 70
+    warned = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warned) == 1 and "'unknown-to-the-service': status read refused" in warned[0]
+    assert not any("answers again" in r.getMessage() for r in caplog.records)
+
+
+async def _failed(job: Job) -> None:
+    with pytest.raises(JobFailed):
+        await job
+
+
+def test_on_complete_with_a_store_settles_each_job_in_it(vloop: VirtualLoop) -> None:
+    """With a store: once on_complete has run and its claim is acknowledged, the job's
+    pending record is dropped (a restart resumes nothing), and its claim reads as done."""
+    ran: list[str] = []
+
+    async def scenario() -> None:
+        store = MemoryStore()
+        async with served(store=store, on_complete=lambda j: ran.append(j.id)) as (fake, client):
+            jobs = [await client.lipsync_image(image=IMAGE, audio=AUDIO) for _ in range(3)]
+            assert len(await store.pending()) == 3
+            for job in jobs:
+                fake.complete_job(job.id)
+            async with asyncio.timeout(60):
+                await asyncio.gather(*jobs)
+            await until(lambda: len(ran) == 3)
+            await asyncio.sleep(1)
+            assert await store.pending() == []
+            assert sorted(ran) == sorted(j.id for j in jobs)
+
+    run(vloop, scenario)
+
+
+def test_errors_of_unfinished_and_cancelled_jobs_name_the_job(vloop: VirtualLoop) -> None:
+    """result() before the end and after cancel() raise errors that name the job."""
+
+    async def scenario() -> None:
+        async with served() as (_, client):
+            job = await client.lipsync_image(image=IMAGE, audio=AUDIO)
+            with pytest.raises(asyncio.InvalidStateError, match=f"job {job.id} is not done"):
+                job.result()
+            job.cancel()
+            with pytest.raises(asyncio.CancelledError, match=f"job {job.id} tracking was"):
+                job.result()
 
     run(vloop, scenario)
