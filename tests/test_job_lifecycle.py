@@ -798,9 +798,9 @@ def test_on_complete_runs_once_for_each_job_of_a_long_sequence(
 ) -> None:
     """Without a store: on_complete runs once per job that completes or fails, for more jobs
     than completions run at once (64), ending one after another; a job the service does not
-    know (a 404 ends it) runs nothing; nothing is logged at WARNING or above, and no "store
-    answers again" news for a store that never failed. `client.pending()` lists the jobs
-    tracked."""
+    know (a 404 ends it) runs nothing, nor does a finished job attached and read again;
+    nothing is logged at WARNING or above, and no "store answers again" news for a store that
+    never failed. `client.pending()` lists the jobs tracked."""
     ran: list[str] = []
 
     async def scenario() -> None:
@@ -815,6 +815,8 @@ def test_on_complete_runs_once_for_each_job_of_a_long_sequence(
                 async with asyncio.timeout(60):
                     await job.wait() if i % 7 else await _failed(job)
                 await until(lambda: len(ran) == i + 1)  # noqa: B023 - awaited here
+            again = client.job(jobs[1].id)  # its end observed again, by a new handle
+            assert again is not jobs[1] and (await again).status is JobStatus.COMPLETED
             ghost = client.job("unknown-to-the-service")
             with pytest.raises(NotFoundError):
                 await ghost
@@ -834,14 +836,22 @@ async def _failed(job: Job) -> None:
         await job
 
 
-def test_on_complete_with_a_store_settles_each_job_in_it(vloop: VirtualLoop) -> None:
-    """With a store: once on_complete has run and its claim is acknowledged, the job's
-    pending record is dropped (a restart resumes nothing), and its claim reads as done."""
+def test_on_complete_with_a_store_settles_each_job_in_it(
+    vloop: VirtualLoop, caplog: pytest.LogCaptureFixture
+) -> None:
+    """With a store: once on_complete has run (or raised: logged, naming the job, not run
+    again) and its claim is acknowledged, the job's pending record is dropped, so a restart
+    resumes nothing; a finished job attached and read again runs nothing and is not pending."""
     ran: list[str] = []
 
-    async def scenario() -> None:
+    def fn(job: Job) -> None:
+        ran.append(job.id)
+        if len(ran) == 1:
+            raise ValueError("user bug")
+
+    async def scenario() -> list[str]:
         store = MemoryStore()
-        async with served(store=store, on_complete=lambda j: ran.append(j.id)) as (fake, client):
+        async with served(store=store, on_complete=fn) as (fake, client):
             jobs = [await client.lipsync_image(image=IMAGE, audio=AUDIO) for _ in range(3)]
             assert len(await store.pending()) == 3
             for job in jobs:
@@ -851,9 +861,17 @@ def test_on_complete_with_a_store_settles_each_job_in_it(vloop: VirtualLoop) -> 
             await until(lambda: len(ran) == 3)
             await asyncio.sleep(1)
             assert await store.pending() == []
-            assert sorted(ran) == sorted(j.id for j in jobs)
+            again = client.job(jobs[0].id)
+            assert (await again).status is JobStatus.COMPLETED
+            await asyncio.sleep(1)
+            assert await store.pending() == []
+            return [j.id for j in jobs]
 
-    run(vloop, scenario)
+    with caplog.at_level(logging.ERROR, logger="lipsync_async"):
+        ids = run(vloop, scenario)
+    assert sorted(ran) == sorted(ids)
+    (failed,) = [r.getMessage() for r in caplog.records]
+    assert failed == f"on_complete failed for job {ran[0]!r} (it is not run again)"
 
 
 def test_errors_of_unfinished_and_cancelled_jobs_name_the_job(vloop: VirtualLoop) -> None:
@@ -869,3 +887,70 @@ def test_errors_of_unfinished_and_cancelled_jobs_name_the_job(vloop: VirtualLoop
                 job.result()
 
     run(vloop, scenario)
+
+
+def test_close_cancels_an_on_complete_that_outlives_close_timeout(
+    vloop: VirtualLoop, caplog: pytest.LogCaptureFixture
+) -> None:
+    """close() gives running on_complete callbacks `close_timeout` seconds, then cancels them
+    and says how many were cut short (running and queued); the close itself neither hangs nor
+    raises, and nothing of theirs runs on after it."""
+    started: list[str] = []
+    finished: list[str] = []
+
+    async def slow(job: Job) -> None:
+        started.append(job.id)
+        await asyncio.sleep(3600)
+        finished.append(job.id)
+
+    async def scenario() -> None:
+        async with served(on_complete=slow, close_timeout=2.0) as (fake, client):
+            jobs = [await client.lipsync_image(image=IMAGE, audio=AUDIO) for _ in range(65)]
+            for job in jobs:
+                fake.complete_job(job.id)
+            async with asyncio.timeout(60):
+                await asyncio.gather(*jobs)
+            await until(lambda: len(started) == 64)  # at most 64 at once: one queued
+            began = vloop.time()
+            async with asyncio.timeout(60):
+                await client.close()
+            assert 2.0 <= vloop.time() - began < 3.0
+        await asyncio.sleep(3600)
+        assert finished == []
+
+    with caplog.at_level(logging.WARNING, logger="lipsync_async"):
+        run(vloop, scenario)
+    (warning,) = [r.getMessage() for r in caplog.records if "on_complete" in r.getMessage()]
+    assert warning.startswith("closing: 65 on_complete completion(s) still running or queued")
+    assert "after 2.0 s" in warning
+
+
+def test_a_late_subscriber_that_raises_is_logged_by_the_sdk(
+    vloop: VirtualLoop, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A callback added after the end runs soon, like one added before; if it raises, the SDK
+    logs it (naming the callback and the job) like any other, and the wait's deadline error
+    carries the job and the timeout."""
+
+    def late(job: Job) -> None:
+        raise ValueError("late bug")
+
+    async def scenario() -> str:
+        async with served() as (fake, client):
+            job = await client.lipsync_image(image=IMAGE, audio=AUDIO)
+            with pytest.raises(JobTimeoutError) as info:
+                await job.wait(0.5)
+            assert (info.value.job_id, info.value.timeout) == (job.id, 0.5)
+            fake.complete_job(job.id)
+            async with asyncio.timeout(60):
+                await job
+            job.add_done_callback(late)
+            await asyncio.sleep(0)
+            return job.id
+
+    with caplog.at_level(logging.ERROR):
+        job_id = run(vloop, scenario)
+    (record,) = [r for r in caplog.records if r.exc_info]
+    assert record.name == "lipsync_async"
+    assert record.getMessage().startswith("done callback <function")
+    assert "late" in record.getMessage() and record.getMessage().endswith(f"{job_id} failed")
