@@ -18,6 +18,7 @@ import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any, TypeVar
 
+import aiohttp
 import pytest
 from aiohttp import web
 
@@ -954,3 +955,40 @@ def test_a_late_subscriber_that_raises_is_logged_by_the_sdk(
     assert record.name == "lipsync_async"
     assert record.getMessage().startswith("done callback <function")
     assert "late" in record.getMessage() and record.getMessage().endswith(f"{job_id} failed")
+
+
+def test_early_deliveries_are_held_within_their_byte_bound_newest_kept(
+    vloop: VirtualLoop,
+) -> None:
+    """Final states delivered for ids this client does not track yet are held (16 MiB at most,
+    oldest out first) and matched when the job is tracked (`client.job`). A delivery repeated
+    for one id replaces its copy without counting it twice; past the bound the oldest go, the
+    newest stay."""
+    pad = "x" * 60_000  # ~60 KB a delivery: 300 of them are past the 16 MiB bound
+
+    def final(job_id: str) -> dict[str, Any]:
+        return {"id": job_id, "status": "completed", "output": "https://cdn.example.com/o.mp4"}
+
+    async def scenario() -> None:
+        receiver = WebhookReceiver()
+        async with served(webhook=receiver) as (_, client):
+            async with aiohttp.ClientSession() as http:
+
+                async def post(body: dict[str, Any]) -> None:
+                    async with http.post(receiver.url, json=body) as answer:
+                        assert answer.status == 200
+
+                await post(final("early-small"))
+                for _ in range(300):  # one id, delivered again and again
+                    await post(final("early-repeated") | {"timings": {"pad": pad}})
+                small = client.job("early-small")
+                assert small.done() and small.result().status is JobStatus.COMPLETED
+                assert client.job("early-repeated").done()
+
+                for i in range(300):
+                    await post(final(f"early-{i:03d}") | {"timings": {"pad": pad}})
+                assert not client.job("early-000").done()  # the oldest went
+                assert not client.job("early-002").done()
+                assert all(client.job(f"early-{i:03d}").done() for i in range(40, 300))
+
+    run(vloop, scenario)
