@@ -929,12 +929,15 @@ def test_close_cancels_an_on_complete_that_outlives_close_timeout(
 def test_a_late_subscriber_that_raises_is_logged_by_the_sdk(
     vloop: VirtualLoop, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """A callback added after the end runs soon, like one added before; if it raises, the SDK
-    logs it (naming the callback and the job) like any other, and the wait's deadline error
+    """A callback added after the end runs soon, like one added before; either, if it raises,
+    is logged by the SDK (naming the callback and the job), and the wait's deadline error
     carries the job and the timeout."""
 
     def late(job: Job) -> None:
         raise ValueError("late bug")
+
+    def early(job: Job) -> None:
+        raise ValueError("early bug")
 
     async def scenario() -> str:
         async with served() as (fake, client):
@@ -942,6 +945,7 @@ def test_a_late_subscriber_that_raises_is_logged_by_the_sdk(
             with pytest.raises(JobTimeoutError) as info:
                 await job.wait(0.5)
             assert (info.value.job_id, info.value.timeout) == (job.id, 0.5)
+            job.add_done_callback(early)
             fake.complete_job(job.id)
             async with asyncio.timeout(60):
                 await job
@@ -951,10 +955,11 @@ def test_a_late_subscriber_that_raises_is_logged_by_the_sdk(
 
     with caplog.at_level(logging.ERROR):
         job_id = run(vloop, scenario)
-    (record,) = [r for r in caplog.records if r.exc_info]
-    assert record.name == "lipsync_async"
-    assert record.getMessage().startswith("done callback <function")
-    assert "late" in record.getMessage() and record.getMessage().endswith(f"{job_id} failed")
+    records = [r for r in caplog.records if r.exc_info]
+    assert [r.name for r in records] == ["lipsync_async"] * 2
+    for record, name in zip(records, ("early", "late"), strict=True):
+        assert record.getMessage().startswith("done callback <function")
+        assert name in record.getMessage() and record.getMessage().endswith(f"{job_id} failed")
 
 
 def test_early_deliveries_are_held_within_their_byte_bound_newest_kept(
@@ -990,5 +995,41 @@ def test_early_deliveries_are_held_within_their_byte_bound_newest_kept(
                 assert not client.job("early-000").done()  # the oldest went
                 assert not client.job("early-002").done()
                 assert all(client.job(f"early-{i:03d}").done() for i in range(40, 300))
+
+    run(vloop, scenario)
+
+
+def test_a_refused_read_does_not_strand_the_jobs_queued_behind_it(vloop: VirtualLoop) -> None:
+    """With one read at a time, a job whose read is refused (404: tracking ends) must not stop
+    the reading: the job queued behind it in the same tick is read next and ends."""
+
+    async def scenario() -> None:
+        async with served(max_in_flight=1) as (fake, client):
+            async with LipsyncClient(fake.api_key, base_url=fake.base_url) as elsewhere:
+                real = await elsewhere.lipsync_image(image=IMAGE, audio=AUDIO)
+            fake.complete_job(real.id)
+            known = client.job(real.id)  # submitted by another process
+            ghost = client.job("no-such-job-anywhere")
+            waits = [asyncio.ensure_future(j.wait()) for j in (known, ghost)]  # one tick
+            async with asyncio.timeout(3):  # well before the next poll of `real` (5 s)
+                done = await asyncio.gather(*waits, return_exceptions=True)
+            assert isinstance(done[0], JobState) and done[0].status is JobStatus.COMPLETED
+            assert isinstance(done[1], NotFoundError)
+
+    run(vloop, scenario)
+
+
+def test_polls_come_one_interval_apart_lengthened_by_at_most_a_fifth(vloop: VirtualLoop) -> None:
+    """The scheduler's jitter only lengthens a poll interval, by up to 20%: a job pending for
+    120 s at `poll_interval=5` is read between 120/6 and 120/5 times, and each read counts
+    once in `stats["status_reads"]`."""
+
+    async def scenario() -> None:
+        async with served(poll_interval=5.0) as (fake, client):
+            jobs = [await client.lipsync_image(image=IMAGE, audio=AUDIO) for _ in range(10)]
+            await asyncio.sleep(120.01)
+            assert 10 * 120 // 6 <= reads(fake) <= 10 * 120 // 5
+            assert client.stats["status_reads"] == reads(fake)
+            assert not any(j.done() for j in jobs)
 
     run(vloop, scenario)
