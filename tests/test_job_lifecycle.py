@@ -1033,3 +1033,27 @@ def test_polls_come_one_interval_apart_lengthened_by_at_most_a_fifth(vloop: Virt
             assert not any(j.done() for j in jobs)
 
     run(vloop, scenario)
+
+
+def test_waits_that_time_out_leave_nothing_on_the_job(vloop: VirtualLoop) -> None:
+    """A `wait(timeout)` that passes its deadline unsubscribes its awaiter: a job waited on a
+    thousand times with a short timeout holds no more than it did (nothing grows per wait)."""
+
+    async def scenario() -> None:
+        async with served() as (fake, client):
+            job = await client.lipsync_image(image=IMAGE, audio=AUDIO)
+            for _ in range(5):
+                with pytest.raises(JobTimeoutError):
+                    await job.wait(0.001)
+            gc.collect()
+            before = len(gc.get_objects())
+            for _ in range(1000):
+                with pytest.raises(JobTimeoutError):
+                    await job.wait(0.001)
+            gc.collect()
+            assert len(gc.get_objects()) - before < 100
+            fake.complete_job(job.id)
+            async with asyncio.timeout(60):
+                assert (await job).status is JobStatus.COMPLETED
+
+    run(vloop, scenario)
