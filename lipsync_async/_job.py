@@ -273,7 +273,10 @@ class Job:
             try:
                 yield from fut.__await__()
             finally:
-                if not fut.done():  # this awaiter was cancelled; the job goes on for others
+                # This awaiter was cancelled (a timeout, its task cancelled): the job goes on for
+                # the others, without this future. Cancelling it made it done, so `done()` alone
+                # cannot tell it from one the job's end set (each timed-out `wait` left one).
+                if fut.cancelled() or not fut.done():
                     self._unsubscribe(fut)
         return self.result()
 

@@ -64,6 +64,11 @@ class VirtualLoop(asyncio.SelectorEventLoop):
     def time(self) -> float:
         return self.now
 
+    def armed(self) -> list[float]:
+        """When each timer still armed on this loop is due (cancelled ones excluded)."""
+        scheduled = self._scheduled  # type: ignore[attr-defined]
+        return sorted(h.when() for h in scheduled if not h.cancelled())
+
 
 class ScriptedService:
     """Job truths, status reads with scripted delays and faults (see the module docstring)."""

@@ -9,19 +9,38 @@ through their public API only.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
+import json
 import logging
 import traceback
 import weakref
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any, TypeVar
 
+import aiohttp
 import pytest
+from aiohttp import web
 
-from lipsync_async import ClientClosedError, Job, JobFailed, JobState, JobStatus, NotFoundError
+from lipsync_async import (
+    APIError,
+    ClientClosedError,
+    Job,
+    JobFailed,
+    JobState,
+    JobStatus,
+    JobTimeoutError,
+    LipsyncClient,
+    NotFoundError,
+    WebhookReceiver,
+)
 from lipsync_async._tracker import Tracker
+from lipsync_async.stores import MemoryStore
+from lipsync_async.testing import FakeLipsyncServer
 
+from ._rawserver import RawServer
 from ._vclock import ScriptedService, Stranded, VirtualLoop
+from ._waiting import until
 
 T = TypeVar("T")
 
@@ -467,7 +486,6 @@ def test_as_completed_yields_every_job_that_ends_in_time(vloop: VirtualLoop) -> 
     """as_completed(timeout=) yields each job as it ends, first ended first, when all end
     before the deadline; past the deadline it raises JobTimeoutError naming the timeout, and
     the jobs left stay tracked."""
-    from lipsync_async import JobTimeoutError
     from lipsync_async._job import iter_completed
 
     service = ScriptedService()
@@ -497,3 +515,571 @@ def test_as_completed_yields_every_job_that_ends_in_time(vloop: VirtualLoop) -> 
 
     run(vloop, scenario)
     run(vloop, tracker.close)
+
+
+# -- Through the client, on the virtual clock ------------------------------------------------
+# The promises below were found unguarded by mutation testing (benchmarks/RESULTS.md, "Mutation
+# testing"): each test fails on at least one surviving mutant of _tracker, _job or _complete.
+# They use only public names: a LipsyncClient against the emulator over real loopback sockets,
+# on the virtual loop, so that minutes of polling and webhook grace pass in milliseconds.
+
+IMAGE = "https://media.example.com/face.png"
+AUDIO = "https://media.example.com/voice.mp3"
+
+
+@contextlib.asynccontextmanager
+async def served(**client_kwargs: Any) -> AsyncIterator[tuple[FakeLipsyncServer, LipsyncClient]]:
+    """The emulator (jobs that never end by themselves) and a client of it."""
+    async with FakeLipsyncServer(job_duration=10**6, seed=1) as fake:
+        client_kwargs.setdefault("poll_interval", 5.0)
+        async with LipsyncClient(fake.api_key, base_url=fake.base_url, **client_kwargs) as client:
+            yield fake, client
+
+
+def reads(fake: FakeLipsyncServer) -> int:
+    return fake.requests["GET /jobs"]
+
+
+def test_one_id_attached_while_submitted_is_one_job_that_ends(vloop: VirtualLoop) -> None:
+    """`client.job(id)` of a job this client tracks is that job: awaited through either handle,
+    it ends once, when the service finishes it (a second Job for the id would replace the
+    first in the scheduler, and the first would never end)."""
+
+    async def scenario() -> None:
+        async with served() as (fake, client):
+            job = await client.lipsync_image(image=IMAGE, audio=AUDIO)
+            again = client.job(job.id)
+            assert again is job and client.stats["pending"] == 1
+            waits = [asyncio.ensure_future(j.wait()) for j in (job, again)]
+            await asyncio.sleep(12)
+            fake.complete_job(job.id)
+            async with asyncio.timeout(60):
+                states = await asyncio.gather(*waits)
+            assert [s.status for s in states] == [JobStatus.COMPLETED] * 2
+            assert client.stats["pending"] == 0
+
+    run(vloop, scenario)
+
+
+def test_an_attached_job_is_read_only_once_awaited(vloop: VirtualLoop) -> None:
+    """`client.job(id)` makes no request until the job is awaited (README: a delivery resolves
+    it meanwhile); awaited, it is read at once. Its repr says its state is unknown until then."""
+
+    async def scenario() -> None:
+        async with served() as (fake, client):
+            other = await client.lipsync_image(image=IMAGE, audio=AUDIO)
+            fake.complete_job(other.id)
+            await other
+            before = reads(fake)
+            job = client.job("job-from-elsewhere")
+            assert repr(job) == "<Job job-from-elsewhere unknown>" and job.state is None
+            await asyncio.sleep(120)
+            assert reads(fake) == before and not job.done()
+            with pytest.raises(NotFoundError):
+                async with asyncio.timeout(1):
+                    await job
+            assert reads(fake) == before + 1
+
+    run(vloop, scenario)
+
+
+def test_attaching_a_job_waiting_for_its_delivery_keeps_its_grace(vloop: VirtualLoop) -> None:
+    """A submitted job waits `webhook_grace` for its delivery before any read; attaching it
+    again by id (`client.job`) must not move its first read earlier. Its delivery then
+    resolves it with no read at all."""
+
+    async def scenario() -> None:
+        receiver = WebhookReceiver()
+        async with served(webhook=receiver, webhook_grace=600.0) as (fake, client):
+            job = await client.lipsync_image(image=IMAGE, audio=AUDIO)
+            assert client.job(job.id) is job
+            await asyncio.sleep(300)
+            assert reads(fake) == 0 and not job.done()
+            fake.complete_job(job.id)
+            async with asyncio.timeout(5):
+                assert (await job).status is JobStatus.COMPLETED
+            assert reads(fake) == 0
+
+    run(vloop, scenario)
+
+
+def test_jobs_resumed_from_a_store_are_polled_without_being_awaited(vloop: VirtualLoop) -> None:
+    """`client.pending()` resumes a store's unfinished jobs: each is read after one poll
+    interval whether or not anyone awaits it (its delivery may have come while no process
+    listened), so its done callbacks and on_complete run."""
+
+    async def scenario() -> None:
+        store = MemoryStore()
+        async with served(store=store) as (fake, first):
+            job = await first.lipsync_image(image=IMAGE, audio=AUDIO)
+            job_id = job.id
+            fake.complete_job(job_id)  # while no worker is open to hear of it
+            completed: list[str] = []
+            async with LipsyncClient(
+                fake.api_key,
+                base_url=fake.base_url,
+                store=store,
+                poll_interval=5.0,
+                on_complete=lambda j: completed.append(j.id),
+            ) as second:
+                await first.close()
+                (resumed,) = await second.pending()
+                ended: list[Job] = []
+                resumed.add_done_callback(ended.append)
+                await asyncio.sleep(15)
+                assert ended == [resumed] and resumed.result().status is JobStatus.COMPLETED
+                assert completed == [job_id]
+
+    run(vloop, scenario)
+
+
+def test_removed_callbacks_are_never_called(
+    vloop: VirtualLoop, caplog: pytest.LogCaptureFixture
+) -> None:
+    """remove_done_callback of a job's only callback, or of one registered twice, leaves the
+    job nothing to call when it ends: no call, no error logged."""
+    calls: list[str] = []
+
+    def fn(job: Job) -> None:
+        calls.append(job.id)
+
+    async def scenario() -> None:
+        async with served() as (fake, client):
+            lone = await client.lipsync_image(image=IMAGE, audio=AUDIO)
+            twice = await client.lipsync_image(image=IMAGE, audio=AUDIO)
+            lone.add_done_callback(fn)
+            assert lone.remove_done_callback(fn) == 1
+            twice.add_done_callback(fn)
+            twice.add_done_callback(fn)
+            assert twice.remove_done_callback(fn) == 2
+            for job in (lone, twice):
+                fake.complete_job(job.id)
+            async with asyncio.timeout(60):
+                await asyncio.gather(lone, twice)
+            await asyncio.sleep(0)
+
+    with caplog.at_level(logging.WARNING, logger="lipsync_async"):
+        run(vloop, scenario)
+    assert calls == []
+    assert [r.getMessage() for r in caplog.records] == []
+
+
+def test_as_completed_stopped_early_leaves_nothing_on_the_jobs(vloop: VirtualLoop) -> None:
+    """as_completed removes its callback from every job when the iteration stops (here by its
+    deadline) with jobs left: a job that ends afterwards is not held (by the iterator's queue,
+    through a job still pending), and pending jobs cost no more tracked objects than before."""
+
+    async def scenario() -> tuple[weakref.ref[Job], Job]:
+        async with served(on_complete=lambda j: None) as (fake, client):
+            a, b, c = [await client.lipsync_image(image=IMAGE, audio=AUDIO) for _ in range(3)]
+            fake.complete_job(a.id)
+
+            async def consume(jobs: list[Job]) -> None:
+                async for job in client.as_completed(jobs, timeout=1.0):
+                    assert job is a  # the one ended: b and c are pending past the deadline
+
+            with pytest.raises(JobTimeoutError):
+                await consume([a, b, c])
+            fake.complete_job(b.id)
+            async with asyncio.timeout(60):
+                await b
+            await asyncio.sleep(0)  # b's done callbacks run
+            gone = weakref.ref(b)
+            del b
+
+            attached = [client.job(f"attached-{i}") for i in range(2000)]
+            gc.collect()
+            before = len(gc.get_objects())
+            with pytest.raises(JobTimeoutError):
+                async for _ in client.as_completed(attached, timeout=0):
+                    pass
+            gc.collect()
+            assert len(gc.get_objects()) - before < 200  # 2,000 jobs: not one object each
+            return gone, c
+
+    gone, pending = run(vloop, scenario)
+    gc.collect()
+    assert gone() is None
+    assert pending.done()  # closed with its client
+
+
+def test_get_job_is_one_status_read_about_that_job(vloop: VirtualLoop) -> None:
+    """get_job makes one status read (`stats["status_reads"]` counts it once); an unknown id
+    raises NotFoundError naming the job."""
+
+    async def scenario() -> None:
+        async with served() as (fake, client):
+            job = await client.lipsync_image(image=IMAGE, audio=AUDIO)
+            fake.complete_job(job.id)
+            state = await client.get_job(job.id)
+            assert state.status is JobStatus.COMPLETED and state.id == job.id
+            assert client.stats["status_reads"] == 1 and reads(fake) == 1
+            await client.get_job(job.id)
+            assert client.stats["status_reads"] == 2
+            with pytest.raises(NotFoundError) as info:
+                await client.get_job("no-such-job")
+            assert info.value.job_id == "no-such-job"
+
+    run(vloop, scenario)
+
+
+def test_get_job_refuses_an_answer_about_another_job_or_malformed(vloop: VirtualLoop) -> None:
+    """A status answer about another job, or one that is not a job state, is an APIError that
+    names the job asked about, the HTTP status and (malformed) the body; no job takes it."""
+    answers = {
+        "mixed": json.dumps({"id": "someone-else", "status": "completed"}),
+        "bogus": json.dumps({"id": "bogus", "status": 42}),
+        "notjson": "<html>oops</html>",
+    }
+
+    async def handler(request: web.Request) -> web.Response:
+        # 203: a success other than 200, so that the status the error names is the answer's
+        return web.Response(status=203, text=answers[request.path.rsplit("/", 1)[1]])
+
+    async def scenario() -> None:
+        async with (
+            RawServer(handler) as srv,
+            LipsyncClient("sk_test_raw", base_url=srv.base_url, max_retries=0) as client,
+        ):
+            with pytest.raises(APIError) as info:
+                await client.get_job("mixed")
+            assert "asked for job mixed, the answer is about someone-else" in str(info.value)
+            assert (info.value.status, info.value.job_id) == (203, "mixed")
+            with pytest.raises(APIError) as info:
+                await client.get_job("bogus")
+            assert "malformed job state" in str(info.value) and info.value.status == 203
+            assert info.value.body == answers["bogus"]  # the answer as sent
+            with pytest.raises(APIError) as info:
+                await client.get_job("notjson")
+            assert (info.value.status, info.value.job_id) == (203, "notjson")
+            assert client.stats["status_reads"] == 3
+
+    run(vloop, scenario)
+
+
+def test_a_verified_delivery_resolves_long_before_the_grace(vloop: VirtualLoop) -> None:
+    """With `verify=True`, a genuine delivery is checked by one status read and resolves its
+    job at once, not after the webhook grace."""
+
+    async def scenario() -> None:
+        receiver = WebhookReceiver(verify=True)
+        async with served(webhook=receiver, webhook_grace=600.0) as (fake, client):
+            job = await client.lipsync_image(image=IMAGE, audio=AUDIO)
+            fake.complete_job(job.id)
+            async with asyncio.timeout(30):
+                assert (await job).status is JobStatus.COMPLETED
+            assert reads(fake) == 1 and receiver.verify_reads == 1
+
+    run(vloop, scenario)
+
+
+def test_every_delivery_of_a_finished_job_is_acknowledged_as_known(vloop: VirtualLoop) -> None:
+    """Duplicated deliveries (the service retries, proxies repeat): the first resolves the job,
+    each later copy is recognised as an outcome the client already has (the ring of recent
+    ids), for the first job finished as for the others, and none of it costs a read."""
+
+    async def scenario() -> None:
+        receiver = WebhookReceiver()
+        async with served(webhook=receiver, webhook_grace=600.0) as (fake, client):
+            fake.webhook_duplicate_rate = 1.0
+            jobs = [await client.lipsync_image(image=IMAGE, audio=AUDIO) for _ in range(12)]
+            for job in jobs:
+                fake.complete_job(job.id)
+                async with asyncio.timeout(5):
+                    await job
+            await fake.wait_deliveries(2 * len(jobs))
+            await asyncio.sleep(1)
+            assert receiver.matched == len(fake.deliveries) == 2 * len(jobs)
+            assert reads(fake) == 0
+
+    run(vloop, scenario)
+
+
+def test_jobs_resolved_by_delivery_leave_no_timer_behind(vloop: VirtualLoop) -> None:
+    """Jobs waiting for their delivery sit in calendar buckets, each with a timer at the end
+    of the grace; a bucket its last job leaves is dropped with its timer at once, so a wave of
+    jobs resolved by delivery leaves nothing armed for the next ten minutes."""
+
+    async def scenario() -> None:
+        receiver = WebhookReceiver()
+        async with served(webhook=receiver, webhook_grace=600.0) as (fake, client):
+            jobs = [await client.lipsync_image(image=IMAGE, audio=AUDIO) for _ in range(50)]
+            now = vloop.time()
+
+            def at_graces_end() -> list[float]:  # 600 s, lengthened by up to 20% of jitter
+                return [t for t in vloop.armed() if now + 590 < t < now + 730]
+
+            assert len(at_graces_end()) >= 10
+            for job in jobs:
+                fake.complete_job(job.id)
+            async with asyncio.timeout(5):
+                await asyncio.gather(*jobs)
+            await asyncio.sleep(1)
+            assert at_graces_end() == []
+
+    run(vloop, scenario)
+
+
+def test_on_complete_runs_once_for_each_job_of_a_long_sequence(
+    vloop: VirtualLoop, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Without a store: on_complete runs once per job that completes or fails, for more jobs
+    than completions run at once (64), ending one after another; a job the service does not
+    know (a 404 ends it) runs nothing, nor does a finished job attached and read again;
+    nothing is logged at WARNING or above, and no "store answers again" news for a store that
+    never failed. `client.pending()` lists the jobs tracked."""
+    ran: list[str] = []
+
+    async def scenario() -> None:
+        async with served(on_complete=lambda j: ran.append(j.id)) as (fake, client):
+            jobs = [await client.lipsync_image(image=IMAGE, audio=AUDIO) for _ in range(70)]
+            assert set(await client.pending()) == set(jobs)
+            for i, job in enumerate(jobs):
+                if i % 7:
+                    fake.complete_job(job.id)
+                else:
+                    fake.fail_job(job.id)
+                async with asyncio.timeout(60):
+                    await job.wait() if i % 7 else await _failed(job)
+                await until(lambda: len(ran) == i + 1)  # noqa: B023 - awaited here
+            again = client.job(jobs[1].id)  # its end observed again, by a new handle
+            assert again is not jobs[1] and (await again).status is JobStatus.COMPLETED
+            ghost = client.job("unknown-to-the-service")
+            with pytest.raises(NotFoundError):
+                await ghost
+            await asyncio.sleep(1)
+            assert await client.pending() == []
+
+    with caplog.at_level(logging.INFO, logger="lipsync_async"):
+        run(vloop, scenario)
+    assert len(ran) == 70 and len(set(ran)) == 70
+    warned = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warned) == 1 and "'unknown-to-the-service': status read refused" in warned[0]
+    assert not any("answers again" in r.getMessage() for r in caplog.records)
+
+
+async def _failed(job: Job) -> None:
+    with pytest.raises(JobFailed):
+        await job
+
+
+def test_on_complete_with_a_store_settles_each_job_in_it(
+    vloop: VirtualLoop, caplog: pytest.LogCaptureFixture
+) -> None:
+    """With a store: once on_complete has run (or raised: logged, naming the job, not run
+    again) and its claim is acknowledged, the job's pending record is dropped, so a restart
+    resumes nothing; a finished job attached and read again runs nothing and is not pending."""
+    ran: list[str] = []
+
+    def fn(job: Job) -> None:
+        ran.append(job.id)
+        if len(ran) == 1:
+            raise ValueError("user bug")
+
+    async def scenario() -> list[str]:
+        store = MemoryStore()
+        async with served(store=store, on_complete=fn) as (fake, client):
+            jobs = [await client.lipsync_image(image=IMAGE, audio=AUDIO) for _ in range(3)]
+            assert len(await store.pending()) == 3
+            for job in jobs:
+                fake.complete_job(job.id)
+            async with asyncio.timeout(60):
+                await asyncio.gather(*jobs)
+            await until(lambda: len(ran) == 3)
+            await asyncio.sleep(1)
+            assert await store.pending() == []
+            again = client.job(jobs[0].id)
+            assert (await again).status is JobStatus.COMPLETED
+            await asyncio.sleep(1)
+            assert await store.pending() == []
+            return [j.id for j in jobs]
+
+    with caplog.at_level(logging.ERROR, logger="lipsync_async"):
+        ids = run(vloop, scenario)
+    assert sorted(ran) == sorted(ids)
+    (failed,) = [r.getMessage() for r in caplog.records]
+    assert failed == f"on_complete failed for job {ran[0]!r} (it is not run again)"
+
+
+def test_errors_of_unfinished_and_cancelled_jobs_name_the_job(vloop: VirtualLoop) -> None:
+    """result() before the end and after cancel() raise errors that name the job."""
+
+    async def scenario() -> None:
+        async with served() as (_, client):
+            job = await client.lipsync_image(image=IMAGE, audio=AUDIO)
+            with pytest.raises(asyncio.InvalidStateError, match=f"job {job.id} is not done"):
+                job.result()
+            job.cancel()
+            with pytest.raises(asyncio.CancelledError, match=f"job {job.id} tracking was"):
+                job.result()
+
+    run(vloop, scenario)
+
+
+def test_close_cancels_an_on_complete_that_outlives_close_timeout(
+    vloop: VirtualLoop, caplog: pytest.LogCaptureFixture
+) -> None:
+    """close() gives running on_complete callbacks `close_timeout` seconds, then cancels them
+    and says how many were cut short (running and queued); the close itself neither hangs nor
+    raises, and nothing of theirs runs on after it."""
+    started: list[str] = []
+    finished: list[str] = []
+
+    async def slow(job: Job) -> None:
+        started.append(job.id)
+        await asyncio.sleep(3600)
+        finished.append(job.id)
+
+    async def scenario() -> None:
+        async with served(on_complete=slow, close_timeout=2.0) as (fake, client):
+            jobs = [await client.lipsync_image(image=IMAGE, audio=AUDIO) for _ in range(65)]
+            for job in jobs:
+                fake.complete_job(job.id)
+            async with asyncio.timeout(60):
+                await asyncio.gather(*jobs)
+            await until(lambda: len(started) == 64)  # at most 64 at once: one queued
+            began = vloop.time()
+            async with asyncio.timeout(60):
+                await client.close()
+            assert 2.0 <= vloop.time() - began < 3.0
+        await asyncio.sleep(3600)
+        assert finished == []
+
+    with caplog.at_level(logging.WARNING, logger="lipsync_async"):
+        run(vloop, scenario)
+    (warning,) = [r.getMessage() for r in caplog.records if "on_complete" in r.getMessage()]
+    assert warning.startswith("closing: 65 on_complete completion(s) still running or queued")
+    assert "after 2.0 s" in warning
+
+
+def test_a_late_subscriber_that_raises_is_logged_by_the_sdk(
+    vloop: VirtualLoop, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A callback added after the end runs soon, like one added before; either, if it raises,
+    is logged by the SDK (naming the callback and the job), and the wait's deadline error
+    carries the job and the timeout."""
+
+    def late(job: Job) -> None:
+        raise ValueError("late bug")
+
+    def early(job: Job) -> None:
+        raise ValueError("early bug")
+
+    async def scenario() -> str:
+        async with served() as (fake, client):
+            job = await client.lipsync_image(image=IMAGE, audio=AUDIO)
+            with pytest.raises(JobTimeoutError) as info:
+                await job.wait(0.5)
+            assert (info.value.job_id, info.value.timeout) == (job.id, 0.5)
+            job.add_done_callback(early)
+            fake.complete_job(job.id)
+            async with asyncio.timeout(60):
+                await job
+            job.add_done_callback(late)
+            await asyncio.sleep(0)
+            return job.id
+
+    with caplog.at_level(logging.ERROR):
+        job_id = run(vloop, scenario)
+    records = [r for r in caplog.records if r.exc_info]
+    assert [r.name for r in records] == ["lipsync_async"] * 2
+    for record, name in zip(records, ("early", "late"), strict=True):
+        assert record.getMessage().startswith("done callback <function")
+        assert name in record.getMessage() and record.getMessage().endswith(f"{job_id} failed")
+
+
+def test_early_deliveries_are_held_within_their_byte_bound_newest_kept(
+    vloop: VirtualLoop,
+) -> None:
+    """Final states delivered for ids this client does not track yet are held (16 MiB at most,
+    oldest out first) and matched when the job is tracked (`client.job`). A delivery repeated
+    for one id replaces its copy without counting it twice; past the bound the oldest go, the
+    newest stay."""
+    pad = "x" * 60_000  # ~60 KB a delivery: 300 of them are past the 16 MiB bound
+
+    def final(job_id: str) -> dict[str, Any]:
+        return {"id": job_id, "status": "completed", "output": "https://cdn.example.com/o.mp4"}
+
+    async def scenario() -> None:
+        receiver = WebhookReceiver()
+        async with served(webhook=receiver) as (_, client):
+            async with aiohttp.ClientSession() as http:
+
+                async def post(body: dict[str, Any]) -> None:
+                    async with http.post(receiver.url, json=body) as answer:
+                        assert answer.status == 200
+
+                await post(final("early-small"))
+                for _ in range(300):  # one id, delivered again and again
+                    await post(final("early-repeated") | {"timings": {"pad": pad}})
+                small = client.job("early-small")
+                assert small.done() and small.result().status is JobStatus.COMPLETED
+                assert client.job("early-repeated").done()
+
+                for i in range(300):
+                    await post(final(f"early-{i:03d}") | {"timings": {"pad": pad}})
+                assert not client.job("early-000").done()  # the oldest went
+                assert not client.job("early-002").done()
+                assert all(client.job(f"early-{i:03d}").done() for i in range(40, 300))
+
+    run(vloop, scenario)
+
+
+def test_a_refused_read_does_not_strand_the_jobs_queued_behind_it(vloop: VirtualLoop) -> None:
+    """With one read at a time, a job whose read is refused (404: tracking ends) must not stop
+    the reading: the job queued behind it in the same tick is read next and ends."""
+
+    async def scenario() -> None:
+        async with served(max_in_flight=1) as (fake, client):
+            async with LipsyncClient(fake.api_key, base_url=fake.base_url) as elsewhere:
+                real = await elsewhere.lipsync_image(image=IMAGE, audio=AUDIO)
+            fake.complete_job(real.id)
+            known = client.job(real.id)  # submitted by another process
+            ghost = client.job("no-such-job-anywhere")
+            waits = [asyncio.ensure_future(j.wait()) for j in (known, ghost)]  # one tick
+            async with asyncio.timeout(3):  # well before the next poll of `real` (5 s)
+                done = await asyncio.gather(*waits, return_exceptions=True)
+            assert isinstance(done[0], JobState) and done[0].status is JobStatus.COMPLETED
+            assert isinstance(done[1], NotFoundError)
+
+    run(vloop, scenario)
+
+
+def test_polls_come_one_interval_apart_lengthened_by_at_most_a_fifth(vloop: VirtualLoop) -> None:
+    """The scheduler's jitter only lengthens a poll interval, by up to 20%: a job pending for
+    120 s at `poll_interval=5` is read between 120/6 and 120/5 times, and each read counts
+    once in `stats["status_reads"]`."""
+
+    async def scenario() -> None:
+        async with served(poll_interval=5.0) as (fake, client):
+            jobs = [await client.lipsync_image(image=IMAGE, audio=AUDIO) for _ in range(10)]
+            await asyncio.sleep(120.01)
+            assert 10 * 120 // 6 <= reads(fake) <= 10 * 120 // 5
+            assert client.stats["status_reads"] == reads(fake)
+            assert not any(j.done() for j in jobs)
+
+    run(vloop, scenario)
+
+
+def test_waits_that_time_out_leave_nothing_on_the_job(vloop: VirtualLoop) -> None:
+    """A `wait(timeout)` that passes its deadline unsubscribes its awaiter: a job waited on a
+    thousand times with a short timeout holds no more than it did (nothing grows per wait)."""
+
+    async def scenario() -> None:
+        async with served() as (fake, client):
+            job = await client.lipsync_image(image=IMAGE, audio=AUDIO)
+            for _ in range(5):
+                with pytest.raises(JobTimeoutError):
+                    await job.wait(0.001)
+            gc.collect()
+            before = len(gc.get_objects())
+            for _ in range(1000):
+                with pytest.raises(JobTimeoutError):
+                    await job.wait(0.001)
+            gc.collect()
+            assert len(gc.get_objects()) - before < 100
+            fake.complete_job(job.id)
+            async with asyncio.timeout(60):
+                assert (await job).status is JobStatus.COMPLETED
+
+    run(vloop, scenario)
