@@ -62,9 +62,9 @@ def chart(results: dict[str, Any], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
+    fig, (ax1, ax2, ax3) = plt.subplots(1, 3, figsize=(17, 4.5))
     fan = results.get("fanout", {}).get("results", [])
-    for client in ("raw aiohttp", "SDK", "naive aiohttp", "naive httpx"):
+    for client in ("raw aiohttp", "SDK", "SDK submit_many", "naive aiohttp", "naive httpx"):
         pts = sorted(
             (r["n"], r["jobs_per_s"]) for r in fan if r["client"] == client and "jobs_per_s" in r
         )
@@ -98,9 +98,39 @@ def chart(results: dict[str, Any], path: Path) -> None:
     ax2.set_title("Memory per pending job")
     ax2.grid(True, which="both", alpha=0.3)
     ax2.legend(fontsize=7)
+    scale_curve(ax3, results.get("scale", {}).get("mem", {}))
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def scale_curve(ax: Any, mem: dict[str, dict[str, float]]) -> None:
+    """Bytes per pending job from 10k to 1M (``bench_scale.py``), both modes, with the budget."""
+    for mode, colour in (("polling", "tab:blue"), ("webhook", "tab:orange")):
+        for key, style, what in (("traced", "-", "tracemalloc"), ("per_job", "--", "RSS")):
+            pts = sorted(
+                (int(name.split()[1]), row[key])
+                for name, row in mem.items()
+                if name.split()[0] == mode and key in row
+            )
+            if pts:
+                ax.plot(
+                    [p[0] for p in pts],
+                    [p[1] for p in pts],
+                    style,
+                    color=colour,
+                    marker="o",
+                    label=f"{mode} ({what})",
+                )
+    ax.axhline(256, color="grey", linewidth=0.8, linestyle=":")
+    ax.axhline(300, color="grey", linewidth=0.8, linestyle="-.")
+    ax.set_xscale("log")
+    ax.set_ylim(0, 520)
+    ax.set_xlabel("pending jobs, one process (stub transport)")
+    ax.set_ylabel("bytes per pending job")
+    ax.set_title("Scale curve: 256 B traced / 300 B RSS budgets")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7)
 
 
 def main() -> int:
