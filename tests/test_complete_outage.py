@@ -561,3 +561,34 @@ def test_close_gives_up_on_a_hanging_store_after_close_timeout(
     assert warnings_of(caplog)[-1].startswith(
         "closing: on_complete claims could not be settled in the store"
     )
+
+
+def test_an_ack_failing_while_close_waits_is_tried_again_by_close(vloop: VirtualLoop) -> None:
+    """fn still runs when close begins and returns within close_timeout; its ack then fails
+    every quick attempt, the store answering again by the time close settles the claims:
+    close acknowledges it like any owed ack, so the next client on the same store finds the
+    claim done, drops the job's record and runs fn nowhere again."""
+    ran: list[str] = []
+    store = FlakyStore()
+
+    async def slow(job: Job) -> None:
+        ran.append(job.id)
+        await asyncio.sleep(1.0)
+
+    async def scenario() -> str:
+        async with emulator() as fake:
+            async with client_of(fake, store, slow, close_timeout=5.0) as first:
+                job = await first.lipsync_image(image=IMAGE, audio=AUDIO)
+                await ended(fake, job)
+                await until(lambda: ran != [])
+                store.fail("ack", 3)  # the ack's quick attempts all fail, during the close
+            assert len(store.times("ack", job.id)) == 4
+            assert await store.claim(job.id, "someone else") == CLAIM_DONE
+            async with client_of(fake, store, lambda j: ran.append(j.id)) as again:
+                await again.pending()
+                await asyncio.sleep(2 * RETRY)
+                assert await store.pending_ids() == []
+            return job.id
+
+    job_id = run(vloop, scenario)
+    assert ran == [job_id]
