@@ -592,3 +592,28 @@ def test_an_ack_failing_while_close_waits_is_tried_again_by_close(vloop: Virtual
 
     job_id = run(vloop, scenario)
     assert ran == [job_id]
+
+
+def test_an_ack_cut_off_by_close_is_tried_again_by_close(vloop: VirtualLoop) -> None:
+    """fn returned but the store has not answered its ack when close_timeout is over: close
+    cancels the worker and still acknowledges the claim once the store answers (within
+    close's own close_timeout), so the claim is done and fn runs nowhere again."""
+    ran: list[str] = []
+    store = FlakyStore()
+
+    async def scenario() -> str:
+        async with emulator() as fake:
+            async with client_of(
+                fake, store, lambda j: ran.append(j.id), close_timeout=2.0
+            ) as first:
+                job = await first.lipsync_image(image=IMAGE, audio=AUDIO)
+                store.hang("ack")
+                await ended(fake, job)
+                await until(lambda: len(store.times("ack", job.id)) == 1)
+                asyncio.get_running_loop().call_later(2.5, store.unhang)  # during close
+            assert len(store.times("ack", job.id)) == 2
+            assert await store.claim(job.id, "someone else") == CLAIM_DONE
+            return job.id
+
+    job_id = run(vloop, scenario)
+    assert ran == [job_id]
