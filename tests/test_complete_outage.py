@@ -480,23 +480,28 @@ def test_close_waits_for_the_callbacks_it_cancels_to_unwind(vloop: VirtualLoop) 
 def test_close_tries_an_owed_ack_again_and_never_reruns_fn(vloop: VirtualLoop) -> None:
     """fn ran but its ack failed every quick attempt; the store is back when the client
     closes before claim_retry is over: close acknowledges the claim (done), so neither this
-    client's next run nor anyone else runs fn again."""
+    client's next run nor anyone else runs fn again. Only that ack: a job acknowledged
+    earlier is not acknowledged again."""
     ran: list[str] = []
     store = FlakyStore()
 
-    async def scenario() -> str:
+    async def scenario() -> list[str]:
         async with emulator() as fake:
             async with client_of(fake, store, lambda j: ran.append(j.id)) as client:
+                done = await client.lipsync_image(image=IMAGE, audio=AUDIO)
+                await ended(fake, done)
+                await until(lambda: len(store.times("ack", done.id)) == 1)
                 job = await client.lipsync_image(image=IMAGE, audio=AUDIO)
                 store.fail("ack", 3)
                 await ended(fake, job)
                 await until(lambda: len(store.times("ack", job.id)) == 3)
             assert len(store.times("ack", job.id)) == 4
+            assert len(store.times("ack", done.id)) == 1
             assert await store.claim(job.id, "someone else") == CLAIM_DONE
-            return job.id
+            return [done.id, job.id]
 
-    job_id = run(vloop, scenario)
-    assert ran == [job_id]
+    ids = run(vloop, scenario)
+    assert ran == ids
 
 
 def test_close_leaves_no_task_behind(vloop: VirtualLoop) -> None:
