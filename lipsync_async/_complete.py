@@ -89,6 +89,10 @@ class Completions:
         # client cannot finish does not stay "held" by a holder that looks alive (this
         # process, its lease still renewed by another user of the store).
         self._claimed: dict[str, int] = {}
+        # Acknowledgements owed: the callback ran and the store has not yet taken its ack (in
+        # flight, failed and waiting for its retry, or failed during close): close tries each
+        # once more, however far it got, so that a claim whose callback ran is not left held.
+        self._owed: dict[str, int] = {}
         # Completions to try again: None, a claim (held by a live peer, or the store failed);
         # a token, an acknowledgement the store failed to take after the callback ran.
         self._held: dict[str, tuple[Job, JobState, int | None]] = {}
@@ -181,6 +185,7 @@ class Completions:
         except Exception:
             log.exception("on_complete failed for job %r (it is not run again)", job.id)
         self._claimed.pop(job.id, None)  # ran: from now on only the ack is owed
+        self._owed[job.id] = token
         self.ran += 1
         await self._ack(job, state, token)
 
@@ -194,6 +199,7 @@ class Completions:
             what = f"on_complete ran for job {job.id!r} but cannot be acknowledged"
             self._later(job, state, token, what, exc)
             return
+        self._owed.pop(job.id, None)
         if not acked:
             log.warning(
                 "job %r: its completion claim was taken over while on_complete ran (this "
@@ -257,7 +263,8 @@ class Completions:
     async def close(self, timeout: float) -> None:
         """Let running completions finish within ``timeout``, then cancel them.
 
-        Acknowledgements still owed (the callback ran, the store failed) are tried once more;
+        Acknowledgements still owed (the callback ran, the store failed or had not answered
+        yet, including while this waited for the running completions) are tried once more;
         claims of callbacks that did not finish are released, so the job's next observer (a
         resume, an adopter, another client of this process) claims it again at once.
         """
@@ -265,7 +272,6 @@ class Completions:
         if self._retrier is not None:
             self._retrier.cancel()
             await asyncio.gather(self._retrier, return_exceptions=True)
-        owed = [(job.id, token) for job, _, token in self._held.values() if token is not None]
         self._held.clear()
         self._active.clear()
         if self._tasks:
@@ -283,10 +289,13 @@ class Completions:
             for task in running:
                 task.cancel()
             await asyncio.gather(*running, return_exceptions=True)
+        # Read only now: an ack failing while the workers finished, or cut off by their
+        # cancellation, is owed too.
+        owed, self._owed = self._owed, {}
         claimed, self._claimed = self._claimed, {}
         try:
             async with asyncio.timeout(timeout):
-                for job_id, token in owed:
+                for job_id, token in owed.items():
                     await self._store.ack(job_id, token)
                 for job_id, token in claimed.items():
                     await self._store.release(job_id, token)
