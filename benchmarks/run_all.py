@@ -32,6 +32,7 @@ BENCHMARKS = (
     ("receiver", "bench_receiver.py", 600.0),
     ("ratelimit", "bench_ratelimit.py", 300.0),
     ("scale", "bench_scale.py", 5400.0),
+    ("gc_floor", "bench_gc_floor.py", 1800.0),
     ("cli_start", "bench_cli_start.py", 300.0),
 )
 
