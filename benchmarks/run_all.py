@@ -183,18 +183,25 @@ def main() -> int:
             " --quick --write" if args.quick else ""
         )
         if args.resume:
-            command += " (assembled with --resume DIR: see the last note)"
+            command += " --resume DIR"
+            when = (
+                f"assembled {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} from the runs "
+                "saved in DIR: see the last note; each table gives its own run's load average"
+            )
+        else:
+            when = (
+                f"{elapsed / 60:.1f} min, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}"
+                f"; load average before/after: {load_before[0]:.2f} / {load_after[0]:.2f}"
+            )
         header = [
             "# Benchmark results",
             "",
-            f"Command: `{command}` ({elapsed / 60:.1f} min, "
-            f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}).",
+            f"Command: `{command}` ({when}).",
             "",
             f"Machine: {info['nproc']} CPUs ({info['cpu']}), Python {info['python']}, "
-            f"aiohttp {info['aiohttp']}, {info['os']}. Load average before/after: "
-            f"{load_before[0]:.2f} / {load_after[0]:.2f} (the machine is shared: other "
-            "processes ran at the same time, so wall-clock figures are noisy; CPU time per "
-            "job is the steadier figure).",
+            f"aiohttp {info['aiohttp']}, {info['os']}. The machine can be shared: other "
+            "processes may run at the same time, so wall-clock figures are noisy; CPU time per "
+            "job is the steadier figure.",
             "",
             "Every benchmark runs the emulator (`lipsync_async.testing.FakeLipsyncServer`) in a "
             "separate process (`benchmarks/_emulator_proc.py`) on 127.0.0.1, so the client and "
