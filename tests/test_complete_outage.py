@@ -622,3 +622,40 @@ def test_an_ack_cut_off_by_close_is_tried_again_by_close(vloop: VirtualLoop) -> 
 
     job_id = run(vloop, scenario)
     assert ran == [job_id]
+
+
+def test_two_clients_on_one_store_observing_one_job_run_fn_once(vloop: VirtualLoop) -> None:
+    """Two clients share a store (two workers of one machine, say) and both poll the same job:
+    its end is observed twice, and the claim makes fn run once in all. fn takes a while, so
+    the second observation comes while the first holds the claim: each client claims under
+    its own claimant, and were they the same, the second would get the first's token back and
+    run fn too."""
+    ran: list[tuple[str, str]] = []
+    store = MemoryStore()
+
+    def slow(name: str) -> Callable[[Job], Awaitable[None]]:
+        async def fn(job: Job) -> None:
+            ran.append((name, job.id))
+            await asyncio.sleep(3 * POLL)
+
+        return fn
+
+    async def scenario() -> str:
+        async with (
+            emulator() as fake,
+            client_of(fake, store, slow("a")) as first,
+            client_of(fake, store, slow("b")) as second,
+        ):
+            job = await first.lipsync_image(image=IMAGE, audio=AUDIO)
+            twin = second.job(job.id)
+            waits = asyncio.gather(job.wait(), twin.wait())
+            fake.complete_job(job.id)
+            async with asyncio.timeout(60):
+                await waits
+            await asyncio.sleep(6 * POLL)
+            assert job.state is not None and job.state == twin.state
+            assert job.state.status == "completed"
+            return job.id
+
+    job_id = run(vloop, scenario)
+    assert [i for _, i in ran] == [job_id], ran
