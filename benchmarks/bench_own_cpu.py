@@ -31,7 +31,7 @@ from typing import Any
 
 import aiohttp
 from _bench import AUDIO, CONCURRENCY, IMAGE
-from bench_scale import _READ, _Answer, _Exchange
+from bench_scale import _READ, _Answer, _Exchange, sdk_read_round
 
 from lipsync_async import Job, LipsyncClient, LipsyncImageRequest
 
@@ -81,30 +81,22 @@ async def _raw(session: aiohttp.ClientSession, what: str, ops: list[str], window
 
 async def _sdk(client: LipsyncClient, what: str, ops: list[str], window: float) -> float:
     """CPU per operation of the SDK: ``len(ops)`` submits, or its reads for ``window`` s."""
-    if what == "submits":
-        c0 = time.process_time()
-        outcomes = [
-            outcome
-            async for outcome in client.submit_many(
-                (LipsyncImageRequest(image=IMAGE, audio=AUDIO) for _ in ops),
-                concurrency=CONCURRENCY,
-            )
-        ]
-        cpu = time.process_time() - c0
-        count = len(outcomes)
-        jobs = [job for job in outcomes if isinstance(job, Job)]
-    else:
-        jobs = [client.job(i) for i in ops]
-        for job in jobs:
-            client._tracker.awaited(job)  # start polling without awaiting (private)
-        await asyncio.sleep(0.2)
-        r0 = client.stats["status_reads"]
-        c0 = time.process_time()
-        await asyncio.sleep(window)
-        cpu = time.process_time() - c0
-        count = client.stats["status_reads"] - r0
-    for job in jobs:
-        job.cancel()
+    if what != "submits":
+        cpu, count = await sdk_read_round(client, ops, window, warm=0.2, settle=0.05)
+        return cpu / count * 1e6
+    c0 = time.process_time()
+    outcomes = [
+        outcome
+        async for outcome in client.submit_many(
+            (LipsyncImageRequest(image=IMAGE, audio=AUDIO) for _ in ops),
+            concurrency=CONCURRENCY,
+        )
+    ]
+    cpu = time.process_time() - c0
+    count = len(outcomes)
+    for job in outcomes:
+        if isinstance(job, Job):
+            job.cancel()
     await asyncio.sleep(0.05)
     return cpu / count * 1e6
 

@@ -52,6 +52,7 @@ import time
 import tracemalloc
 import uuid
 import warnings
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -392,6 +393,29 @@ async def child_held(n: int) -> dict[str, Any]:
     return out
 
 
+async def sdk_read_round(
+    client: LipsyncClient, ids: list[str], window: float, *, warm: float, settle: float
+) -> tuple[float, int]:
+    """The client's CPU and status reads over ``window`` s while it polls the jobs ``ids``.
+
+    ``warm``: seconds first, so that reads are under way on every connection; ``settle``:
+    seconds after the jobs are cancelled, so that reads in flight end before the next round.
+    """
+    jobs = [client.job(i) for i in ids]
+    for job in jobs:
+        client._tracker.awaited(job)  # start polling without awaiting (private)
+    await asyncio.sleep(warm)
+    r0 = client.stats["status_reads"]
+    c0 = time.process_time()
+    await asyncio.sleep(window)
+    cpu = time.process_time() - c0
+    count = client.stats["status_reads"] - r0
+    for job in jobs:
+        job.cancel()
+    await asyncio.sleep(settle)
+    return cpu, count
+
+
 async def child_reads(base_url: str, api_key: str, rounds: int, window: float) -> dict[str, Any]:
     """Client CPU per status read: the SDK's scheduler vs a raw aiohttp GET loop (emulator)."""
     ids: list[str] = []
@@ -437,19 +461,7 @@ async def child_reads(base_url: str, api_key: str, rounds: int, window: float) -
         ) as client:
 
             async def sdk_round() -> tuple[float, int]:
-                jobs = [client.job(i) for i in ids]
-                for job in jobs:
-                    client._tracker.awaited(job)  # start polling without awaiting (private)
-                await asyncio.sleep(0.3)  # warm: reads under way on every connection
-                r0 = client.stats["status_reads"]
-                c0 = time.process_time()
-                await asyncio.sleep(window)
-                cpu = time.process_time() - c0
-                count = client.stats["status_reads"] - r0
-                for job in jobs:
-                    job.cancel()  # the next raw round runs alone
-                await asyncio.sleep(0.1)  # reads in flight end
-                return cpu, count
+                return await sdk_read_round(client, ids, window, warm=0.3, settle=0.1)
 
             async with asyncio.timeout(rounds * (window + 5.0) * 2 + 60.0):
                 await raw_round()  # warm up both processes
@@ -509,8 +521,7 @@ async def main(sizes: tuple[int, ...]) -> None:
         for mode in ("polling", "webhook"):
             traced = run_child(["mem", mode, str(n), "tracemalloc"], 300.0 + n / 200.0)
             mem[(mode, n)]["traced"] = traced["per_job"]
-    load_after = os.getloadavg()
-    render(sizes, load_before, load_after, mem, poll, held, reads)
+    render(Run(sizes, load_before, os.getloadavg(), mem, poll, held, reads))
 
 
 def measure_held() -> dict[str, Any]:
@@ -519,16 +530,40 @@ def measure_held() -> dict[str, Any]:
     return held
 
 
-def render(
-    sizes: tuple[int, ...],
-    load_before: tuple[float, float, float],
-    load_after: tuple[float, float, float],
-    mem: dict[tuple[str, int], dict[str, Any]],
-    poll: dict[str, Any],
-    held: dict[str, Any],
-    reads: dict[str, Any],
-) -> None:
+@dataclass
+class Run:
+    """One run's figures: what ``render`` prints, and what ``--render`` reads back."""
+
+    sizes: tuple[int, ...]
+    load_before: tuple[float, ...]
+    load_after: tuple[float, ...]
+    mem: dict[tuple[str, int], dict[str, Any]]
+    poll: dict[str, Any]
+    held: dict[str, Any]
+    reads: dict[str, Any]
+
+    def to_json(self) -> dict[str, Any]:
+        saved = asdict(self)
+        saved["mem"] = {f"{k[0]} {k[1]}": v for k, v in self.mem.items()}
+        return saved
+
+    @classmethod
+    def from_json(cls, saved: dict[str, Any]) -> Run:
+        mem = {(k.split()[0], int(k.split()[1])): v for k, v in saved["mem"].items()}
+        return cls(
+            tuple(saved["sizes"]),
+            tuple(saved["load_before"]),
+            tuple(saved["load_after"]),
+            mem,
+            saved["poll"],
+            saved["held"],
+            saved["reads"],
+        )
+
+
+def render(run: Run) -> None:
     """Print and emit the table of one run's figures (also from a saved run: ``--render``)."""
+    sizes, mem, poll, held, reads = run.sizes, run.mem, run.poll, run.held, run.reads
     big = sizes[-1]
     rows: list[list[str]] = []
     issue = {  # figures of the code before the redesign (issue 20's study), for comparison
@@ -615,7 +650,7 @@ def render(
                 ]
             )
     if 100_000 not in sizes:  # `--sizes` without 100k: only the memory and stall rows
-        _emit(rows, sizes, load_before, load_after, mem, poll, held, reads)
+        _emit(rows, run)
         return
     floor100k = mem[("polling", 100_000)]["floor_ms"]
     rows.append(
@@ -672,38 +707,18 @@ def render(
             "entries, not the freed ones made before it started)",
         ]
     )
-    _emit(rows, sizes, load_before, load_after, mem, poll, held, reads)
+    _emit(rows, run)
 
 
-def _emit(
-    rows: list[list[str]],
-    sizes: tuple[int, ...],
-    load_before: tuple[float, float, float],
-    load_after: tuple[float, float, float],
-    mem: dict[tuple[str, int], dict[str, Any]],
-    poll: dict[str, Any],
-    held: dict[str, Any],
-    reads: dict[str, Any],
-) -> None:
+def _emit(rows: list[list[str]], run: Run) -> None:
     text = table(
-        f"Scale, one process (load average {load_before[0]:.2f} before, {load_after[0]:.2f} "
-        f"after; memory, stalls and close(): {STUB_NOTE}; status read CPU: {SERVER_NOTE})",
+        f"Scale, one process (load average {run.load_before[0]:.2f} before, "
+        f"{run.load_after[0]:.2f} after; memory, stalls and close(): {STUB_NOTE}; status read "
+        f"CPU: {SERVER_NOTE})",
         ["figure", "measured", "target", "holds", "before (issue 20)", "baseline, same run"],
         rows,
     )
-    emit(
-        "scale",
-        text,
-        {
-            "sizes": list(sizes),
-            "load_before": list(load_before),
-            "load_after": list(load_after),
-            "mem": {f"{k[0]} {k[1]}": v for k, v in mem.items()},
-            "poll": poll,
-            "held": held,
-            "reads": reads,
-        },
-    )
+    emit("scale", text, run.to_json())
 
 
 def _child(argv: list[str]) -> dict[str, Any]:
@@ -743,18 +758,10 @@ if __name__ == "__main__":
         )
         args = parser.parse_args()
         if args.render:
-            saved = json.loads(Path(args.render).read_text())["data"]
+            run = Run.from_json(json.loads(Path(args.render).read_text())["data"])
             if args.remeasure_held:
-                saved["held"] = measure_held()
-            render(
-                tuple(saved["sizes"]),
-                tuple(saved["load_before"]),
-                tuple(saved["load_after"]),
-                {(k.split()[0], int(k.split()[1])): v for k, v in saved["mem"].items()},
-                saved["poll"],
-                saved["held"],
-                saved["reads"],
-            )
+                run.held = measure_held()
+            render(run)
             raise SystemExit(0)
         if args.sizes:
             chosen = tuple(sorted(int(x) for x in args.sizes.split(",")))

@@ -18,9 +18,12 @@ import asyncio
 import json
 import selectors
 from collections import deque
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 from lipsync_async import AuthenticationError, NotFoundError, ServerError
+
+T = TypeVar("T")
 
 
 class Stranded(RuntimeError):
@@ -140,3 +143,12 @@ class ScriptedService:
             return 200, json.dumps(state).encode()
         finally:
             self.in_flight -= 1
+
+
+def run(loop: VirtualLoop, make: Callable[[], Awaitable[T]]) -> T:
+    """Run ``make()`` to its end on ``loop`` (its coroutine is made inside the loop)."""
+
+    async def main() -> T:
+        return await make()
+
+    return loop.run_until_complete(main())

@@ -11,6 +11,7 @@ import pytest
 from lipsync_async import LipsyncClient
 from lipsync_async.testing import FakeLipsyncServer
 
+from ._vclock import VirtualLoop
 from .stores_support import REDIS_SERVER
 
 IMAGE = "https://media.example.com/face.png"
@@ -18,6 +19,15 @@ AUDIO = "https://media.example.com/voice.mp3"
 VIDEO = "https://media.example.com/clip.mp4"
 
 ClientFactory = Callable[..., Any]
+
+
+@pytest.fixture
+def vloop() -> Iterator[VirtualLoop]:
+    """A loop on a virtual clock (``tests/_vclock.py``), closed after the test."""
+    loop = VirtualLoop()
+    yield loop
+    loop.run_until_complete(loop.shutdown_asyncgens())
+    loop.close()
 
 
 @pytest.fixture

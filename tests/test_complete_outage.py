@@ -18,8 +18,8 @@ import asyncio
 import contextlib
 import itertools
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
-from typing import Any, TypeVar
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from typing import Any
 
 import pytest
 
@@ -34,10 +34,8 @@ from lipsync_async.stores import (
 )
 from lipsync_async.testing import FakeLipsyncServer
 
-from ._vclock import VirtualLoop
+from ._vclock import VirtualLoop, run
 from ._waiting import until
-
-T = TypeVar("T")
 
 IMAGE = "https://media.example.com/face.png"
 AUDIO = "https://media.example.com/voice.mp3"
@@ -122,21 +120,6 @@ class FlakyStore(Store):
     async def pending_ids(self) -> list[str]:
         """The pending records, read past the failures (what the test checks)."""
         return [record.id for record, _ in await self.inner.pending()]
-
-
-@pytest.fixture
-def vloop() -> Iterator[VirtualLoop]:
-    loop = VirtualLoop()
-    yield loop
-    loop.run_until_complete(loop.shutdown_asyncgens())
-    loop.close()
-
-
-def run(loop: VirtualLoop, make: Callable[[], Awaitable[T]]) -> T:
-    async def main() -> T:
-        return await make()
-
-    return loop.run_until_complete(main())
 
 
 @contextlib.asynccontextmanager

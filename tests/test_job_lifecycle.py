@@ -16,8 +16,8 @@ import logging
 import traceback
 import weakref
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from typing import Any, TypeVar
+from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 import aiohttp
 import pytest
@@ -40,25 +40,8 @@ from lipsync_async.stores import MemoryStore
 from lipsync_async.testing import FakeLipsyncServer
 
 from ._rawserver import RawServer
-from ._vclock import ScriptedService, Stranded, VirtualLoop
+from ._vclock import ScriptedService, Stranded, VirtualLoop, run
 from ._waiting import until
-
-T = TypeVar("T")
-
-
-@pytest.fixture
-def vloop() -> Iterator[VirtualLoop]:
-    loop = VirtualLoop()
-    yield loop
-    loop.run_until_complete(loop.shutdown_asyncgens())
-    loop.close()
-
-
-def run(loop: VirtualLoop, make: Callable[[], Awaitable[T]]) -> T:
-    async def main() -> T:
-        return await make()
-
-    return loop.run_until_complete(main())
 
 
 def tracker_on(
