@@ -52,6 +52,7 @@ from ._models import (
     check_url,
     local_media,
 )
+from ._tasks import cancel_and_wait
 from ._telemetry import NOOP, VIA_USER_READ, resolve
 from ._tracker import Tracker
 from ._webhook import WebhookReceiver
@@ -694,9 +695,7 @@ class LipsyncClient:
                 fut = wake[0] = loop.create_future()
                 await fut
         finally:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            await cancel_and_wait(tasks)  # senders wait on the store too (see _tasks)
 
     async def lipsync_video(
         self,

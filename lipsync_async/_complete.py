@@ -47,6 +47,7 @@ from typing import Final
 
 from ._job import Job
 from ._models import JobState
+from ._tasks import cancel_and_wait
 from .stores._base import CLAIM_DONE, CLAIM_HELD, Store, StoreError
 
 __all__ = ["Completions", "OnComplete"]
@@ -270,8 +271,7 @@ class Completions:
         """
         self._closed = True
         if self._retrier is not None:
-            self._retrier.cancel()
-            await asyncio.gather(self._retrier, return_exceptions=True)
+            await cancel_and_wait([self._retrier])
         self._held.clear()
         self._active.clear()
         if self._tasks:
@@ -286,6 +286,8 @@ class Completions:
                 timeout,
             )
             self._queue.clear()
+            # Cancelled once: they run the user's callback, whose own cleanup on the way out
+            # must not be cut short by a second cancel.
             for task in running:
                 task.cancel()
             await asyncio.gather(*running, return_exceptions=True)

@@ -60,6 +60,7 @@ from typing import TYPE_CHECKING, Any, Final
 from ._errors import APIError, AuthenticationError, LipsyncError, NotFoundError
 from ._job import INITIAL, Done, Job, Place, close_all
 from ._models import JobState, JobStatus
+from ._tasks import cancel_and_wait
 from ._telemetry import NOOP, VIA_DELIVERY, VIA_READ, Telemetry
 from ._wire import job_path, loads_object, parse_job_state, read_job_state, state_to_wire
 
@@ -252,7 +253,7 @@ class Tracker:
         if self.tel.on:
             self.tel.forget_all()
         if readers:
-            await asyncio.gather(*readers, return_exceptions=True)
+            await cancel_and_wait(readers)
 
     @property
     def pending(self) -> int:

@@ -26,6 +26,7 @@ import argparse
 import asyncio
 import json
 import sys
+import time
 from typing import Any
 
 from lipsync_async import Job, LipsyncClient, WebhookReceiver
@@ -67,16 +68,15 @@ async def submit(client: LipsyncClient, count: int, rate: float) -> None:
     loop = asyncio.get_running_loop()
     started = loop.time()
     jobs: list[Job] = []
-    store_errors = 0
+    store_errors: list[str] = []
 
     async def one(i: int) -> None:
-        nonlocal store_errors
         if rate > 0:
             await asyncio.sleep(max(0.0, started + i / rate - loop.time()))
         try:
             job = await client.lipsync_image(image=IMAGE, audio=AUDIO)
         except StoreError as exc:  # recorded nowhere, but tracked here: the test sees it
-            store_errors += 1
+            store_errors.append(f"{time.time():.3f} {exc}")
             if exc.job is None:
                 raise
             job = exc.job
@@ -84,7 +84,7 @@ async def submit(client: LipsyncClient, count: int, rate: float) -> None:
         jobs.append(job)
 
     await asyncio.gather(*(one(i) for i in range(count)))
-    emit("submitted", ids=[j.id for j in jobs], store_errors=store_errors)
+    emit("submitted", ids=[j.id for j in jobs], store_errors=len(store_errors), why=store_errors)
 
 
 async def commands(client: LipsyncClient) -> None:

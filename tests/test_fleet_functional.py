@@ -209,8 +209,10 @@ async def test_a_fleet_behind_nginx_survives_a_killed_worker_and_a_redis_restart
             orphaned = [i for i in victim_ids if i not in ended_before]
 
             # Redis goes down and comes back (AOF) while the victim is dead.
+            down_at = time.time()
             await asyncio.to_thread(redis.stop)
             await asyncio.to_thread(redis.start)
+            print(f"redis down from {down_at:.3f} for {time.time() - down_at:.3f} s")
 
             # Back on the same port with the same worker id, well within its lease: pending()
             # gives it its jobs back (no live worker adopted them meanwhile).
@@ -280,13 +282,21 @@ async def test_a_fleet_behind_nginx_survives_a_killed_worker_and_a_redis_restart
     for job_id in submitted:
         states = ends.get(job_id) or [from_store[job_id].to_wire()]
         assert all(seen(s) == truth(fake, job_id) for s in states), job_id
-    # on_complete ran once per job across the fleet; twice only for an orphan whose callback
-    # the SIGKILL cut short (its claim not yet acknowledged: the restarted worker runs it).
-    completes = Counter(
-        e["id"] for w in (victim, *workers.values()) for e in w.events if e["event"] == "complete"
-    )
+    # on_complete ran once per job across the fleet; twice only for a job whose completion
+    # the SIGKILL cut short: the victim ran the callback but its claim was not acknowledged
+    # yet, so the job's record stayed pending, pending() gave it back to the restarted worker,
+    # and that worker took the dead instance's claim over and ran the callback again. Such a
+    # job may have printed its end on the victim before the kill (not an orphan, then).
+    ran = {
+        name: Counter(e["id"] for e in w.events if e["event"] == "complete")
+        for name, w in (("victim", victim), ("restarted", restarted), *(
+            (f"worker {i}", workers[i]) for i in (0, 2)
+        ))
+    }  # fmt: skip
+    completes = sum(ran.values(), Counter())
     assert set(completes) == set(submitted)
     twice = {i for i, n in completes.items() if n != 1}
-    assert twice <= set(orphaned) and len(twice) <= 2, completes
+    assert twice <= set(resumed["ids"]), {i: [(w, c[i]) for w, c in ran.items()] for i in twice}
+    assert all(ran["victim"][i] == ran["restarted"][i] == 1 for i in twice), ran
     # Reads after the restart: the orphans only, not the whole fleet's pending jobs.
     assert reads_after <= 1.1 * len(orphaned), (reads_after, len(orphaned))

@@ -7,6 +7,7 @@ import secrets
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 
@@ -149,6 +150,65 @@ async def test_the_subscriber_survives_an_unexpected_error(
     finally:
         await a.close()
         await b.close()
+
+
+class _Racing:
+    """A real redis-py client (a subclass, on a real connection) whose command in flight
+    swallows the first cancel of its task once armed: what Python 3.11's ``asyncio.wait_for``
+    (which redis-py sends commands with) does when the command completes in the loop step the
+    cancel arrives in: it returns the result instead of raising."""
+
+    def __init__(self, url: str) -> None:
+        import redis.asyncio as aioredis
+
+        self.armed = False
+        self.in_flight = asyncio.Event()
+        self.calls = 0
+        self.swallowed = 0
+        racing = self
+
+        class RacingRedis(aioredis.Redis):
+            async def execute_command(self, *args: Any, **options: Any) -> Any:
+                racing.calls += 1
+                inner = asyncio.ensure_future(super().execute_command(*args, **options))  # type: ignore[no-untyped-call]
+                if not racing.armed or racing.swallowed:
+                    return await inner
+                racing.in_flight.set()
+                try:
+                    await asyncio.sleep(0.05)  # the cancel lands while the command runs
+                    return await asyncio.shield(inner)
+                except asyncio.CancelledError:
+                    racing.swallowed += 1
+                    return await inner  # the result wins over the cancel
+
+        self.client = RacingRedis.from_url(url)
+
+
+async def test_close_ends_a_lease_task_whose_cancel_a_command_swallowed(
+    redis_url: str, prefix: str
+) -> None:
+    """Regression (CI, lowest deps): on Python 3.11, redis-py sends commands through
+    ``asyncio.wait_for``, which returns a command's result instead of raising when its task is
+    cancelled in the loop step the command completes in. The lease task, cancelled by
+    ``close()`` mid-renewal, went on renewing every third of the lease and ``close()`` waited
+    for it (a 56 s test teardown). Now ``close()`` ends at once and the lease is renewed no
+    more."""
+    racing = _Racing(redis_url)
+    store = RedisStore(client=racing.client, prefix=prefix, lease=0.3)
+    await store.open()
+    try:
+        racing.armed = True
+        await asyncio.wait_for(racing.in_flight.wait(), 5)  # a renewal is in flight
+        async with asyncio.timeout(3):
+            await store.close()
+        assert racing.swallowed == 1  # the race this test is about did happen
+        after = racing.calls
+        await asyncio.sleep(0.5)  # five renewal periods
+        assert racing.calls == after, "the lease task still renews after close()"
+    finally:
+        racing.armed = False
+        await store.close()
+        await racing.client.aclose()
 
 
 # -- two worker processes ----------------------------------------------------------------------

@@ -33,6 +33,7 @@ from .._complete import Completions, OnComplete
 from .._errors import NotFoundError
 from .._job import Job
 from .._models import JobState, Request
+from .._tasks import cancel_and_wait
 from .._telemetry import VIA_WORKER
 from ._base import Store, StoreError
 from ._records import record_for
@@ -113,8 +114,7 @@ class StoreLink:
                 _CLOSE_TIMEOUT,
             )
             if self._flusher is not None:
-                self._flusher.cancel()
-                await asyncio.gather(self._flusher, return_exceptions=True)
+                await cancel_and_wait([self._flusher])
         try:
             await self.store.close()
         except Exception:

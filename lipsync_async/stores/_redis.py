@@ -93,6 +93,7 @@ import attrs
 
 from .._errors import ValidationError
 from .._models import JobState
+from .._tasks import cancel_and_wait
 from ._base import CLAIM_DONE, CLAIM_HELD, PendingRecord, Store, StoreError
 from ._records import Unreadable, dump_record, dump_state, load_record, load_state
 
@@ -483,9 +484,7 @@ class RedisStore(Store):
             await asyncio.gather(self._writer, return_exceptions=True)
         tasks = [t for t in (self._subscriber, self._heart, self._adopting) if t is not None]
         self._subscriber = self._heart = self._adopting = None
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await cancel_and_wait(tasks)  # one cancel can be swallowed by redis-py (see _tasks)
         client, self._redis = self._redis, None
         if client is None:
             return

@@ -60,6 +60,13 @@ ROUNDS = 3
 #: JobStates, tasks still alive after a round: they must not grow), and past this bound as soon
 #: as it costs ~200 B per job at 1,667 jobs a round.
 MEMORY_BOUND = 256 * 1024
+#: aiohttp serves each open connection with a task of its own (``RequestHandler.start``), on
+#: the emulator (the client's pool: ``max_in_flight`` + ``max_downloads`` = 68) and on the
+#: receiver (the emulator's delivery pool: aiohttp's default 100). How many are open after a
+#: round depends on which kept-alive connections were idle-closed when (77 to 160 seen on one
+#: run), not on the jobs; twice the pools' sum leaves that room, and a task per job (400 a
+#: round) still shows past it.
+CONNECTION_TASKS_BOUND = 2 * (68 + 100)
 
 
 @dataclass
@@ -81,6 +88,7 @@ class Figures:
     memory: list[int] = field(default_factory=list)  # traced bytes after each round
     early_held: list[int] = field(default_factory=list)  # early-delivery buffer size per round
     live: list[tuple[int, int, int]] = field(default_factory=list)  # Jobs, JobStates, tasks
+    connection_tasks: list[int] = field(default_factory=list)  # aiohttp's, one per connection
     leftover_tasks: list[str] = field(default_factory=list)
     fd_delta: int = 0
 
@@ -112,13 +120,15 @@ class Figures:
         if self.memory_growth > MEMORY_BOUND:
             out.append(f"memory grew {self.memory_growth} B over {self.rounds} rounds")
         # A few Jobs stay referenced for a while after they resolve (stale calendar entries
-        # until their due time, at most webhook_grace), and tasks track open keep-alive
-        # connections: both move a little between rounds. A leak grows with the jobs.
+        # until their due time, at most webhook_grace): they move a little between rounds.
+        # A leak grows with the jobs.
         slack = max(20, self.jobs_requested // self.rounds // 10)
         if self.live and any(
             n > first + slack for n, first in zip(self.live[-1], self.live[0], strict=True)
         ):
             out.append(f"live objects (Jobs, JobStates, tasks) grew: {self.live}")
+        if any(n > CONNECTION_TASKS_BOUND for n in self.connection_tasks):
+            out.append(f"connection tasks past the pools' bound: {self.connection_tasks}")
         if self.leftover_tasks:
             out.append(f"tasks left: {self.leftover_tasks[:5]}")
         if self.fd_delta > 0:
@@ -154,6 +164,10 @@ class Figures:
                 "live Jobs, JobStates, tasks after each round",
                 " / ".join(f"{j}, {s}, {t}" for j, s, t in self.live),
             ),
+            (
+                "connection tasks after each round",
+                " / ".join(map(str, self.connection_tasks)),
+            ),
             ("tasks left after close", str(len(self.leftover_tasks))),
             ("file descriptors left after close", str(self.fd_delta)),
         ]
@@ -174,12 +188,20 @@ def _open_fds() -> int:
         return 0
 
 
-def _live() -> tuple[int, int, int]:
-    """Jobs, JobStates and tasks alive now (a leak of any per job shows here first)."""
+def _is_connection_task(task: asyncio.Task[Any]) -> bool:
+    """aiohttp's task serving one open connection (it lives as long as the connection)."""
+    return getattr(task.get_coro(), "__qualname__", "") == "RequestHandler.start"
+
+
+def _live() -> tuple[tuple[int, int, int], int]:
+    """Jobs, JobStates and tasks alive now (a leak of any per job shows here first), the tasks
+    less aiohttp's per-connection ones; and how many of those there are."""
     objects = gc.get_objects()
     jobs = sum(type(o) is Job for o in objects)
     states = sum(type(o) is JobState for o in objects)
-    return jobs, states, len(asyncio.all_tasks())
+    tasks = asyncio.all_tasks()
+    connections = sum(map(_is_connection_task, tasks))
+    return (jobs, states, len(tasks) - connections), connections
 
 
 def _wire(state: JobState) -> dict[str, Any]:
@@ -308,7 +330,9 @@ async def soak(
                         fig.early_held.append(len(client._tracker._early))
                         client._tracker._early.clear()
                         gc.collect()
-                        fig.live.append(_live())
+                        live, connections = _live()
+                        fig.live.append(live)
+                        fig.connection_tasks.append(connections)
                         fig.memory.append(tracemalloc.get_traced_memory()[0])
                     fig.status_reads = client.stats["status_reads"]
         await asyncio.sleep(0.1)  # transports close on the next loop iterations
