@@ -506,12 +506,25 @@ class RedisStore(Store):
 
     @asynccontextmanager
     async def _guard(self, what: str) -> AsyncIterator[None]:
+        """Around every command: Redis errors become :class:`StoreError`, and a cancel that
+        redis-py swallowed is raised again.
+
+        On Python 3.11, redis-py sends each command through ``asyncio.wait_for``, which
+        returns the command's result instead of raising when its task is cancelled in the
+        loop step the command completes in (3.12 raises). A cancelled caller must see the
+        cancel (as on 3.12): else a cancelled submit goes on, a timeout around a store call
+        never fires, and a task stopped by ``close()`` goes on looping.
+        """
         from redis.exceptions import RedisError
 
+        task = asyncio.current_task()
+        cancels = task.cancelling() if task is not None else 0
         try:
             yield
         except (RedisError, OSError) as exc:
             raise StoreError(f"Redis store: {what}: {exc}") from exc
+        if task is not None and task.cancelling() > cancels:
+            raise asyncio.CancelledError  # requested while the command ran, and swallowed
 
     def _open_client(self) -> aioredis.Redis:
         if self._redis is None:
