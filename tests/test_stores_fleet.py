@@ -133,6 +133,32 @@ async def test_a_killed_workers_jobs_are_adopted_by_exactly_one_live_worker(
     assert sum(c.stats["status_reads"] for c in clients) < 12 * 10  # polled by one each
 
 
+async def _where(
+    redis_url: str, prefix: str, ids: list[str], lines: list[str], fake: FakeLipsyncServer
+) -> str:
+    """For a failing fleet test: each job's emulator status, completion log lines and keys."""
+    import redis.asyncio as aioredis
+
+    client = aioredis.Redis.from_url(redis_url, decode_responses=True)
+    try:
+        head = f"{{{prefix}}}:"  # the store's keys share one hash tag
+        leases = await client.zrange(f"{head}leases", 0, -1, withscores=True)
+        now = time.time() * 1000
+        out = [f"leases (ms left): {[(w, round(s - now)) for w, s in leases]}"]
+        for job_id in ids:
+            out.append(  # noqa: PERF401 - an await per job
+                f"{job_id}: {fake.jobs[job_id].final_state()['status']}, "
+                f"log {[line for line in lines if job_id in line]}, "
+                f"owner {await client.hget(f'{head}owner', job_id)}, "
+                f"pending {await client.hexists(f'{head}pending', job_id)}, "
+                f"claim {await client.get(f'{head}claim:{job_id}')}, "
+                f"final {await client.exists(f'{head}final:{job_id}')}"
+            )
+        return "\n".join(out)
+    finally:
+        await client.aclose()
+
+
 # -- routing keys ------------------------------------------------------------------------------
 
 
@@ -331,7 +357,13 @@ async def test_on_complete_runs_once_per_job_across_a_fleet_with_kills(
             lines = log.read_text().split("\n") if log.exists() else []
             return {line.split()[1] for line in lines if line.startswith("end ")}
 
-        await until(lambda: ended() >= set(fake.jobs), timeout=25, what="every completion")
+        try:
+            await until(lambda: ended() >= set(fake.jobs), timeout=25, what="every completion")
+        except AssertionError as exc:  # say where each job missing its completion stands
+            missing = sorted(set(fake.jobs) - ended())
+            lines = log.read_text().splitlines()
+            where = await _where(redis_url, prefix, missing, lines, fake)
+            raise AssertionError(f"{exc}: {where}") from None
         await asyncio.sleep(0.5)  # a second run, if any, would show now
     finally:
         for w in workers:
