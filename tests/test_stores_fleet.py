@@ -144,14 +144,14 @@ async def _where(
         head = f"{{{prefix}}}:"  # the store's keys share one hash tag
         leases = await client.zrange(f"{head}leases", 0, -1, withscores=True)
         now = time.time() * 1000
-        out = [f"leases (ms left): {[(w, round(s - now)) for w, s in leases]}"]
+        out = [f"leases (ms left): {[(w, round(s - now)) for w, s in leases]}"]  # type: ignore[misc, operator]
         for job_id in ids:
             out.append(  # noqa: PERF401 - an await per job
                 f"{job_id}: {fake.jobs[job_id].final_state()['status']}, "
                 f"log {[line for line in lines if job_id in line]}, "
-                f"owner {await client.hget(f'{head}owner', job_id)}, "
+                f"owner {await client.hget(f'{head}owner', job_id)!r}, "
                 f"pending {await client.hexists(f'{head}pending', job_id)}, "
-                f"claim {await client.get(f'{head}claim:{job_id}')}, "
+                f"claim {await client.get(f'{head}claim:{job_id}')!r}, "
                 f"final {await client.exists(f'{head}final:{job_id}')}"
             )
         return "\n".join(out)
@@ -361,8 +361,8 @@ async def test_on_complete_runs_once_per_job_across_a_fleet_with_kills(
             await until(lambda: ended() >= set(fake.jobs), timeout=25, what="every completion")
         except AssertionError as exc:  # say where each job missing its completion stands
             missing = sorted(set(fake.jobs) - ended())
-            lines = log.read_text().splitlines()
-            where = await _where(redis_url, prefix, missing, lines, fake)
+            log_lines = log.read_text().splitlines()
+            where = await _where(redis_url, prefix, missing, log_lines, fake)
             raise AssertionError(f"{exc}: {where}") from None
         await asyncio.sleep(0.5)  # a second run, if any, would show now
     finally:
