@@ -144,7 +144,7 @@ async def _where(
         head = f"{{{prefix}}}:"  # the store's keys share one hash tag
         leases = await client.zrange(f"{head}leases", 0, -1, withscores=True)
         now = time.time() * 1000
-        out = [f"leases (ms left): {[(w, round(s - now)) for w, s in leases]}"]  # type: ignore[misc, operator]
+        out = [f"leases (ms left): {[(w, round(s - now)) for w, s in leases]}"]  # type: ignore[str-unpack, operator]
         for job_id in ids:
             out.append(  # noqa: PERF401 - an await per job
                 f"{job_id}: {fake.jobs[job_id].final_state()['status']}, "
