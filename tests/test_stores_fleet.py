@@ -172,7 +172,7 @@ def test_every_script_touches_one_cluster_slot() -> None:
     slot = key_slot(b"my-app")
     keys = {k for ks in store.script_keys("job-42").values() for k in ks}
     derived = {"{my-app}:jobs:other-worker", "{my-app}:final:old", "{my-app}:to:w-1"}
-    assert len(keys) == 8  # pending, owner, jobs, leases, final, unknown, claim, fence
+    assert len(keys) == 9  # pending, owner, jobs, leases, instances, final, unknown, claim, fence
     assert {key_slot(k.encode()) for k in keys | derived} == {slot}
     assert key_slot(b"my-app:pending") != slot  # the untagged names did not share it
 
@@ -282,6 +282,36 @@ async def test_a_claim_of_a_dead_holder_is_taken_over_with_a_larger_token(
     finally:
         await a.close()
         await b.close()
+
+
+async def test_a_claim_of_a_dead_instance_is_taken_over_after_its_worker_id_came_back(
+    redis_url: str, prefix: str
+) -> None:
+    """Regression (CI, py3.12, the fleet test with kills): worker w1 dies inside a callback;
+    its lease ends before it is back, so b adopts the job; then w1 comes back under the same
+    worker id (a new instance) and renews the lease. The claim belongs to the dead instance,
+    not to the worker id: b takes it over. It was held for good instead (w1's lease ran, and
+    the new w1 never observes a job it no longer owns): on_complete never ran for the job."""
+    w1 = RedisStore(redis_url, prefix=prefix, worker="w1")
+    b = RedisStore(redis_url, prefix=prefix, worker="b")
+    w1_again = RedisStore(redis_url, prefix=prefix, worker="w1")
+    await w1.open()
+    await b.open()
+    try:
+        await w1.add_pending(_record("j"))
+        first = await w1.claim("j", "x")
+        assert first > 0
+        await w1.close()  # died inside the callback; its lease ended
+        assert [r.id for r, _ in await b.pending()] == ["j"]  # adopted by b
+        await w1_again.open()  # back under the same worker id: its lease runs again
+        assert await w1_again.pending() == []  # the job is b's now
+        second = await b.claim("j")
+        assert second > first
+        assert await b.ack("j", second) is True
+        assert await w1_again.claim("j") == CLAIM_DONE
+    finally:
+        for store in (w1, b, w1_again):
+            await store.close()
 
 
 @pytest.mark.slow

@@ -11,6 +11,7 @@ id, such as ``{prefix}:jobs:<worker>``, share the tag too)::
     {prefix}:owner           hash   job id -> worker id owning it
     {prefix}:jobs:<worker>   set    the job ids a worker owns
     {prefix}:leases          zset   worker id -> lease expiry (ms, the Redis server's clock)
+    {prefix}:instances       hash   worker id -> the store object renewing its lease now
     {prefix}:final:<id>      string a final state (TTL final_ttl, or unknown_ttl)
     {prefix}:unknown         list   ids of final states no worker submitted (the cap, below)
     {prefix}:claim:<id>      "<worker>|<instance>|<token>|<claimant>" while held, "done" once acked
@@ -65,9 +66,12 @@ only the shortcut (it is polled).
 
 **Completion claims** (``LipsyncClient(on_complete=...)``). :meth:`claim` sets
 ``{prefix}:claim:<id>`` to this worker, this store object and a fresh token from
-``INCR {prefix}:fence``, unless the job is ``done`` or held by a live holder (whose worker's
-lease runs, and, for a claim of this very worker id, the same store object: a previous
-incarnation of a restarted worker is dead). The holder itself (same store object, same
+``INCR {prefix}:fence``, unless the job is ``done`` or held by a live holder: its worker's
+lease runs *and* is renewed by the very store object that claimed (``{prefix}:instances``,
+set by each renewal). A worker restarted under the same id is a new store object, so the
+claims of its dead incarnation are taken over by whoever observes the job next, the restarted
+worker or an adopter (its lease may have ended before it came back, and its jobs moved on:
+judged by the worker id alone, such a claim stayed held for good). The holder itself (same store object, same
 ``claimant``) claiming again gets its own token back: a claim retried because the connection
 was cut after Redis ran it would otherwise find itself "held" for good, and its callback would
 never run. :meth:`ack` marks it ``done`` only if the token still holds it. A worker that
@@ -183,10 +187,11 @@ end
 return 0
 """
 
-# KEYS: leases, owner, jobs:W. ARGV: head, W, lease ms, chunk. Renews W's lease and moves at
-# most `chunk` jobs of expired workers to W (an expired worker leaves the leases once it owns
-# nothing); returns how many moved. Called until it moves fewer than `chunk`: Redis is never
-# blocked for a whole dead worker's set, and live workers adopting at once share the orphans.
+# KEYS: leases, owner, jobs:W, instances. ARGV: head, W, lease ms, chunk. Renews W's lease and
+# moves at most `chunk` jobs of expired workers to W (an expired worker leaves the leases, and
+# the instances, once it owns nothing); returns how many moved. Called until it moves fewer
+# than `chunk`: Redis is never blocked for a whole dead worker's set, and live workers adopting
+# at once share the orphans.
 _PENDING: Final = (
     _NOW
     + """
@@ -202,35 +207,45 @@ for _, dead in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now)) do
     redis.call('SADD', KEYS[3], id)
   end
   adopted = adopted + #ids
-  if redis.call('EXISTS', set) == 0 then redis.call('ZREM', KEYS[1], dead) end
+  if redis.call('EXISTS', set) == 0 then
+    redis.call('ZREM', KEYS[1], dead)
+    redis.call('HDEL', KEYS[4], dead)
+  end
 end
 return adopted
 """
 )
 
-# KEYS: leases. ARGV: W, lease ms. The heartbeat: renew, and count the expired workers.
+# KEYS: leases, instances. ARGV: W, lease ms, instance. The heartbeat: renew, say which store
+# object renews it (a claim of an earlier one of W's is a dead holder's), and count the expired
+# workers.
 _BEAT: Final = (
     _NOW
     + """
 redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[3])
 return redis.call('ZCOUNT', KEYS[1], '-inf', now)
 """
 )
 
-# KEYS: leases, jobs:W. ARGV: W. A clean close: the lease ends now (or is forgotten if W owns
-# nothing), so what W leaves pending is adoptable at once.
+# KEYS: leases, jobs:W, instances. ARGV: W. A clean close: the lease ends now (or is
+# forgotten if W owns nothing), so what W leaves pending is adoptable at once.
 _HAND_BACK: Final = """
 if redis.call('SCARD', KEYS[2]) == 0 then
   redis.call('ZREM', KEYS[1], ARGV[1])
+  redis.call('HDEL', KEYS[3], ARGV[1])
 else
   redis.call('ZADD', KEYS[1], 0, ARGV[1])
 end
 return 0
 """
 
-# KEYS: claim:id, fence, leases. ARGV: W, instance, ttl, claimant. A token, 0 (held) or -1
-# (done). The claim's value is "W|instance|token|claimant": the same holder claiming again
-# (a retry whose answer was lost) gets its token back.
+# KEYS: claim:id, fence, leases, instances. ARGV: W, instance, ttl, claimant. A token, 0 (held)
+# or -1 (done). The claim's value is "W|instance|token|claimant": the same holder claiming
+# again (a retry whose answer was lost) gets its token back. A claim is held while its
+# worker's lease runs *and* that worker's lease is renewed by the very store object that
+# claimed: a worker restarted under the same id is a new instance, and the dead one's claims
+# are taken over (by anyone: the job may have been adopted meanwhile).
 _CLAIM: Final = (
     _NOW
     + """
@@ -240,7 +255,9 @@ if held then
   local w, inst, tok, who = string.match(held, '^(.-)|(.-)|(.-)|(.*)$')
   if w == ARGV[1] and inst == ARGV[2] and who == ARGV[4] then return tonumber(tok) end
   local lease = w and redis.call('ZSCORE', KEYS[3], w)
-  if lease and tonumber(lease) > now and (w ~= ARGV[1] or inst == ARGV[2]) then return 0 end
+  if lease and tonumber(lease) > now and redis.call('HGET', KEYS[4], w) == inst then
+    return 0
+  end
 end
 local token = redis.call('INCR', KEYS[2])
 local value = ARGV[1] .. '|' .. ARGV[2] .. '|' .. token .. '|' .. ARGV[4]
@@ -354,6 +371,7 @@ class RedisStore(Store):
         self._owner_key = head + "owner"
         self._jobs_key = f"{head}jobs:{self.worker}"
         self._leases_key = head + "leases"
+        self._instances_key = head + "instances"
         self._unknown_key = head + "unknown"
         self._fence_key = head + "fence"
         self._channel = f"{head}to:{self.worker}"
@@ -417,10 +435,20 @@ class RedisStore(Store):
                 self._final_key(job_id),
             ],
             "drop": [self._pending_key, self._owner_key],
-            "pending": [self._leases_key, self._owner_key, self._jobs_key],
-            "beat": [self._leases_key],
-            "hand_back": [self._leases_key, self._jobs_key],
-            "claim": [self._claim_key(job_id), self._fence_key, self._leases_key],
+            "pending": [
+                self._leases_key,
+                self._owner_key,
+                self._jobs_key,
+                self._instances_key,
+            ],
+            "beat": [self._leases_key, self._instances_key],
+            "hand_back": [self._leases_key, self._jobs_key, self._instances_key],
+            "claim": [
+                self._claim_key(job_id),
+                self._fence_key,
+                self._leases_key,
+                self._instances_key,
+            ],
             "ack": [self._claim_key(job_id)],
             "release": [self._claim_key(job_id)],
         }
@@ -467,7 +495,8 @@ class RedisStore(Store):
         async with self._guard("cannot reach Redis"):
             try:
                 await self._scripts["beat"](
-                    keys=[self._leases_key], args=[self.worker, self._lease_ms]
+                    keys=[self._leases_key, self._instances_key],
+                    args=[self.worker, self._lease_ms, self.instance],
                 )
             except BaseException:
                 if client is not self._user_client:
@@ -492,7 +521,8 @@ class RedisStore(Store):
             # The lease ends now: what this worker leaves pending is adoptable at once.
             async with asyncio.timeout(self.timeout):
                 await self._scripts["hand_back"](
-                    keys=[self._leases_key, self._jobs_key], args=[self.worker]
+                    keys=[self._leases_key, self._jobs_key, self._instances_key],
+                    args=[self.worker],
                 )
         except Exception as exc:
             log.warning("closing: could not end this worker's lease (%s): it expires", exc)
@@ -543,7 +573,8 @@ class RedisStore(Store):
             try:
                 async with self._guard("cannot renew this worker's lease"):
                     expired = await self._scripts["beat"](
-                        keys=[self._leases_key], args=[self.worker, self._lease_ms]
+                        keys=[self._leases_key, self._instances_key],
+                        args=[self.worker, self._lease_ms, self.instance],
                     )
             except StoreError as exc:
                 if not failing:
@@ -600,7 +631,12 @@ class RedisStore(Store):
             async with self._guard("cannot list pending jobs"):
                 moved = int(
                     await self._scripts["pending"](
-                        keys=[self._leases_key, self._owner_key, self._jobs_key],
+                        keys=[
+                            self._leases_key,
+                            self._owner_key,
+                            self._jobs_key,
+                            self._instances_key,
+                        ],
                         args=[self._head, self.worker, self._lease_ms, _ADOPT],
                     )
                 )
@@ -767,7 +803,12 @@ class RedisStore(Store):
         self._open_client()
         async with self._guard(f"cannot claim the completion of job {job_id}"):
             token = await self._scripts["claim"](
-                keys=[self._claim_key(job_id), self._fence_key, self._leases_key],
+                keys=[
+                    self._claim_key(job_id),
+                    self._fence_key,
+                    self._leases_key,
+                    self._instances_key,
+                ],
                 args=[self.worker, self.instance, self.final_ttl, claimant],
             )
         token = int(token)
