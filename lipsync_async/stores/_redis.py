@@ -71,13 +71,13 @@ lease runs *and* is renewed by the very store object that claimed (``{prefix}:in
 set by each renewal). A worker restarted under the same id is a new store object, so the
 claims of its dead incarnation are taken over by whoever observes the job next, the restarted
 worker or an adopter (its lease may have ended before it came back, and its jobs moved on:
-judged by the worker id alone, such a claim stayed held for good). The holder itself (same store object, same
-``claimant``) claiming again gets its own token back: a claim retried because the connection
-was cut after Redis ran it would otherwise find itself "held" for good, and its callback would
-never run. :meth:`ack` marks it ``done`` only if the token still holds it. A worker that
-dies inside the callback leaves a claim whose holder's lease expires; the job stayed pending
-(its record is dropped only after the ack), so the adopter resolves it, claims it with a new,
-larger token and runs the callback again.
+judged by the worker id alone, such a claim stayed held for good). The holder itself (same
+store object, same ``claimant``) claiming again gets its own token back: a claim retried
+because the connection was cut after Redis ran it would otherwise find itself "held" for
+good, and its callback would never run. :meth:`ack` marks it ``done`` only if the token
+still holds it. A worker that dies inside the callback leaves a claim whose holder's lease
+expires; the job stayed pending (its record is dropped only after the ack), so the adopter
+resolves it, claims it with a new, larger token and runs the callback again.
 
 Reconnects: commands retry connection errors with exponential backoff (``retries``), then fail
 with :class:`StoreError`; the subscriber reconnects forever with backoff capped at 2 s.
