@@ -529,7 +529,9 @@ async def test_a_burst_of_ends_runs_at_most_64_callbacks_at_once(
     fake: FakeLipsyncServer, make_client: ClientFactory
 ) -> None:
     """300 jobs ending together: their async ``on_complete`` callbacks run at most 64 at a
-    time (the documented bound), and every one of them runs once when they are let go."""
+    time (the documented bound), and every one of them runs once when they are let go. A
+    second burst after the first drained is bounded alike (the count of workers is kept
+    exactly as they end, not only while they run)."""
     running = 0
     most = 0
     ran: list[str] = []
@@ -555,6 +557,17 @@ async def test_a_burst_of_ends_runs_at_most_64_callbacks_at_once(
     go.set()
     await until(lambda: len(ran) == 300, what="every callback")
     assert sorted(ran) == sorted(j.id for j in jobs)
+    go.clear()
+    most = 0
+    again = await asyncio.gather(
+        *(client.lipsync_image(image=IMAGE, audio=AUDIO) for _ in range(100))
+    )
+    await asyncio.gather(*again)
+    await until(lambda: running == 64, what="64 callbacks of the second burst running")
+    await asyncio.sleep(0.1)
+    assert most == 64
+    go.set()
+    await until(lambda: len(ran) == 400, what="every callback of the second burst")
 
 
 async def test_a_large_orphan_set_is_adopted_in_chunks(
