@@ -494,10 +494,7 @@ class RedisStore(Store):
         }
         async with self._guard("cannot reach Redis"):
             try:
-                await self._scripts["beat"](
-                    keys=[self._leases_key, self._instances_key],
-                    args=[self.worker, self._lease_ms, self.instance],
-                )
+                await self._beat()
             except BaseException:
                 if client is not self._user_client:
                     await client.aclose()
@@ -563,6 +560,15 @@ class RedisStore(Store):
 
     # -- the lease ---------------------------------------------------------------------------
 
+    async def _beat(self) -> int:
+        """Renew this worker's lease as this store object; how many workers have expired."""
+        return int(
+            await self._scripts["beat"](
+                keys=[self._leases_key, self._instances_key],
+                args=[self.worker, self._lease_ms, self.instance],
+            )
+        )
+
     async def _beat_forever(self) -> None:
         """One renewal every third of the lease; expired workers start an adoption."""
         failing = False
@@ -572,10 +578,7 @@ class RedisStore(Store):
             await asyncio.sleep(self.lease / 3)
             try:
                 async with self._guard("cannot renew this worker's lease"):
-                    expired = await self._scripts["beat"](
-                        keys=[self._leases_key, self._instances_key],
-                        args=[self.worker, self._lease_ms, self.instance],
-                    )
+                    expired = await self._beat()
             except StoreError as exc:
                 if not failing:
                     log.warning("%s; retrying every %.3g s", exc, self.lease / 3)
@@ -589,7 +592,7 @@ class RedisStore(Store):
                 quiet_until = loop.time() + self.lease
             failing = False
             if (
-                int(expired)
+                expired
                 and self._orphan_hooks
                 and self._adopting is None
                 and loop.time() >= quiet_until
