@@ -630,6 +630,7 @@ class LipsyncClient:
         # Shared counters in a list: [next index to take, next index to yield, senders alive].
         pos = [0, 0, concurrency]
         failure: list[BaseException] = []
+        tracker = self._tracker
         wake: list[asyncio.Future[None] | None] = [None]  # the reader, parked for pos[1]
         room: list[asyncio.Future[None] | None] = [None]  # senders, parked for the window
 
@@ -640,13 +641,19 @@ class LipsyncClient:
             which[0] = None
 
         async def sender() -> None:
+            tracker.lend()
+            lent = True
             try:
                 while True:
                     while pos[0] - pos[1] >= window:
                         fut = room[0]
                         if fut is None:
                             fut = room[0] = loop.create_future()
+                        tracker.unlend()  # parked until the caller takes outcomes: not helping
+                        lent = False
                         await fut
+                        tracker.lend()
+                        lent = True
                     # A plain iterable is read with no coroutine per item.
                     it = source.plain
                     request = next(it, _END) if it is not None else await source.next()
@@ -669,11 +676,20 @@ class LipsyncClient:
                     outcomes[index] = outcome
                     if index == pos[1]:
                         ping(wake)
+                    # A submit, then a read of a job already due, as POST + GET pairs go: see
+                    # Tracker.read_due.
+                    for _ in range(2):  # two: the senders catch up on a backlog
+                        read = tracker.read_due()
+                        if read is None:
+                            break
+                        await read
             except BaseException as exc:
                 if not isinstance(exc, asyncio.CancelledError):
                     failure.append(exc)
                 raise
             finally:
+                if lent:
+                    tracker.unlend()
                 pos[2] -= 1
                 ping(wake)
 

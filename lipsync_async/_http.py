@@ -463,16 +463,17 @@ class Transport:
         return self._call("POST", endpoint, body, submit=request)
 
     def read(
-        self, path: str, *, job_id: str | None = None
+        self, path: str, *, job_id: str | None = None, retry: bool = True
     ) -> Coroutine[Any, Any, tuple[int, bytes]]:
-        """GET ``path`` under the base URL, retried on connection errors, timeouts, 429, 5xx.
+        """GET ``path`` under the base URL, retried on connection errors, timeouts, 429, 5xx
+        (one attempt with ``retry=False``).
 
         ``path`` is already escaped. A ``.`` or ``..`` segment in it (an id nobody escaped)
         is escaped here, so no path can climb out of the API's base.
         """
         if "." in path:
             path = "/".join(_DOTS.get(seg, seg) for seg in path.split("/"))
-        return self._call("GET", path, None, job_id=job_id)
+        return self._call("GET", path, None, job_id=job_id, retry=retry)
 
     async def _call(
         self,
@@ -482,6 +483,7 @@ class Transport:
         *,
         submit: Request | None = None,
         job_id: str | None = None,
+        retry: bool = True,
     ) -> tuple[int, bytes]:
         session = self.session
         pacer = self._pacer
@@ -586,7 +588,7 @@ class Transport:
                 raise uncertain
             if final is Verdict.FAIL:
                 raise error
-            if attempt >= self.retry.max_retries:
+            if not retry or attempt >= self.retry.max_retries:
                 raise error
             delay = self.retry.delay(attempt, retry_after)
             attempt += 1

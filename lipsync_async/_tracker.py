@@ -12,6 +12,16 @@ most ``max_in_flight`` of them; each reader takes jobs from the ready buckets un
 left, then exits. A job's ``_slot`` names the bucket it sits in (or the tracker's ``idle`` or
 ``_reading`` place), so rescheduling and finishing are O(1) dict deletions, never a search.
 
+Helpers: while ``submit_many`` runs, its senders are lent to the tracker (``lend``; ``unlend``
+while one is parked or when it ends) and each reads up to two queued jobs after each of its
+submits (``read_due``). A bucket that fires while senders are lent starts no reader; it arms
+the backstop: a timer that looks again every tick while jobs stay queued and starts readers
+for those that were queued at its previous look and that the senders have not taken since
+(all of them once no sender is lent). So a queued job waits for a sender at most about
+two ticks before a reader is started for it. Why: reads from reader tasks of their own, apart
+from the submits, made the collector's young generation fill ~8x as often in a fan-out
+(``benchmarks/HISTORY.md``).
+
 Invariants (the stateful test in ``tests/test_scheduler_stateful.py`` checks them after every
 step of random interleavings, with a virtual clock):
 
@@ -21,9 +31,12 @@ step of random interleavings, with a virtual clock):
    * **scheduled at t**: in the bucket of t, whose timer is armed;
    * **queued**: in a fired bucket of the ready queue, and at least one reader is active
      (a reader decides to exit only in the same step in which it sees the ready queue empty,
-     and its count drops in that step: no reader that is about to exit is counted);
-   * **being read**: in the ``_reading`` place; a reader awaits its status read; when the
-     read ends, the job is rescheduled (or finished), whatever the read raised.
+     and its count drops in that step: no reader that is about to exit is counted), or the
+     backstop is armed (helpers were lent when its bucket fired);
+   * **being read**: in the ``_reading`` place; a reader or a lent sender awaits its status
+     read; when the read ends, the job is rescheduled (or finished), whatever the read
+     raised; a sender's read that is cancelled (its ``submit_many`` closed) puts the job back
+     in the calendar, due at once.
 
 2. A finished job (completed, failed, refused, cancelled, closed) is in no bucket, not in
    ``_jobs`` nor ``waiters``, and referenced by nothing of the tracker's: the only things kept
@@ -65,6 +78,8 @@ from ._telemetry import NOOP, VIA_DELIVERY, VIA_READ, Telemetry
 from ._wire import job_path, loads_object, parse_job_state, read_job_state, state_to_wire
 
 if TYPE_CHECKING:
+    from collections.abc import Coroutine
+
     from ._http import Transport
 
 __all__ = ["Tracker"]
@@ -145,6 +160,8 @@ class Tracker:
     __slots__ = (
         "__weakref__",  # the otel pending gauge holds trackers weakly
         "_active",
+        "_backlog",
+        "_backstop",
         "_buckets",
         "_closed",
         "_context",
@@ -153,6 +170,7 @@ class Tracker:
         "_early_max",
         "_early_max_bytes",
         "_early_ttl",
+        "_helpers",
         "_jitter",
         "_jobs",
         "_loop",
@@ -161,6 +179,7 @@ class Tracker:
         "_reading",
         "_ready",
         "_recent",
+        "_taken",
         "_timers",
         "_transport",
         "ends",
@@ -203,6 +222,10 @@ class Tracker:
         # The timers' context: empty, and the same for all (a timer sets no context var).
         self._context = contextvars.Context()
         self._active = 0  # readers that have not decided to exit (see invariant 1)
+        self._helpers = 0  # submit_many senders that read a due job after each submit
+        self._backstop: asyncio.TimerHandle | None = None  # readers for what helpers left
+        self._taken = 0  # jobs the helpers took since the backstop last looked
+        self._backlog = 0  # jobs queued when it last looked
         self._max_readers = transport.max_in_flight
         self._loop: asyncio.AbstractEventLoop | None = None
         self._early: OrderedDict[str, tuple[float, bytes]] = OrderedDict()
@@ -241,6 +264,9 @@ class Tracker:
         for timer in self._timers.values():
             timer.cancel()
         self._timers.clear()
+        if self._backstop is not None:
+            self._backstop.cancel()
+            self._backstop = None
         self._buckets.clear()
         self._ready.clear()
         readers = list(self._readers)
@@ -376,7 +402,35 @@ class Tracker:
         bucket = self._buckets.pop(key)
         if bucket.ids:
             self._ready.append(bucket)
-            self._spawn(len(bucket.ids))
+            if not self._helpers:
+                self._spawn(len(bucket.ids))
+            elif self._backstop is None:
+                # Left to the submit_many senders (see read_due), with a backstop for what
+                # they do not take in time (invariant 1).
+                self._backlog = self._taken = 0
+                self._arm_backstop()
+
+    def _arm_backstop(self) -> None:
+        self._backstop = self.loop.call_at(
+            self.loop.time() + _TICK, self._unhelped, context=self._context
+        )
+
+    def _unhelped(self) -> None:
+        """One tick on: readers for the queued jobs the senders did not keep pace with."""
+        self._backstop = None
+        queued = sum(len(bucket.ids) for bucket in self._ready)
+        if not queued:
+            return
+        if not self._helpers:  # every sender parked or ended
+            self._spawn(queued)
+            return
+        # Readers for the jobs queued a tick ago that the senders have not taken since (they
+        # take the oldest first): all of them if the senders are stuck in slow submits. The
+        # newer ones are left to the senders for one more tick.
+        self._spawn(self._backlog - self._taken)
+        self._backlog = queued
+        self._taken = 0
+        self._arm_backstop()
 
     def _spawn(self, wanted: int) -> None:
         loop = self.loop
@@ -517,47 +571,90 @@ class Tracker:
             ready.popleft()
         return None
 
+    # -- helpers: submit_many's senders read due jobs between their submits -------------------
+
+    def lend(self) -> None:
+        """A sender will read a due job after each of its submits (see ``read_due``)."""
+        self._helpers += 1
+
+    def unlend(self) -> None:
+        """A sender parks, or ends: the readers (and the backstop) cover for it."""
+        self._helpers -= 1
+
+    def read_due(self) -> Coroutine[Any, Any, None] | None:
+        """The read of the next queued job, for a sender to await; ``None`` if none is due.
+
+        Why: a fan-out whose reads come from reader tasks of their own allocates each read's
+        objects in bursts apart from the submits' and makes the collector's young generation
+        fill ~8x as often as one whose tasks alternate a submit and a read, as raw POST + GET
+        pairs do (``benchmarks/HISTORY.md``, "Why submit_many's senders read").
+        With telemetry on, no: a read span must not be a child of the submitting task's span.
+        """
+        if not self._ready or self.tel.on:
+            return None
+        job = self._next()
+        if job is None:
+            return None
+        self._taken += 1
+        return self._read(job, lent=True)
+
     async def _reader(self) -> None:
-        # One frame for the whole read (the transport's `read` returns its coroutine, no frame
-        # of its own): every resumption of a read passes through each frame above aiohttp's,
-        # so the reader awaits the transport directly (issue 20: reads at the transport's
-        # limit).
-        transport = self._transport
-        reading = self._reading
         try:
             while (job := self._next()) is not None:
-                job_id = job.id
-                try:
-                    if self.tel.on:
-                        read = await self._traced_read(transport, job_id)
-                    else:
-                        status, raw = await transport.read(job_path(job_id), job_id=job_id)
-                        self.reads += 1
-                        read = read_job_state(raw, status, job_id)
-                except (NotFoundError, AuthenticationError) as exc:
-                    log.warning("job %r: status read refused, tracking ends: %s", job_id, str(exc))
-                    self.refuse(job, exc)
-                    continue
-                except LipsyncError as exc:
-                    # A failed read is not a failed job: read again at the next interval.
-                    # str(exc): a record kept by a handler must not keep the traceback (and
-                    # the job).
-                    log.warning("job %r: status read failed, will retry: %s", job_id, str(exc))
-                except Exception:
-                    # A bug must not strand the job (it would stay "being read" forever) nor
-                    # kill this reader with an exception nobody retrieves.
-                    log.exception("job %r: unexpected error during a status read", job_id)
-                else:
-                    if job._slot is reading:  # not finished (or rescheduled) while we read
-                        if isinstance(read, JobState):  # final
-                            self._apply(job, read, VIA_READ)
-                        else:
-                            job._keep(*read)
-                if job._slot is reading:  # still pending, and not rescheduled meanwhile
-                    self._schedule_in(job, self.poll_interval)
+                await self._read(job)
         finally:
             # In the step that saw the queue empty (or on cancellation): see invariant 1.
             self._active -= 1
+
+    async def _read(self, job: Job, *, lent: bool = False) -> None:
+        """Read ``job`` (taken by ``_next``), then reschedule or finish it, whatever happens.
+
+        ``lent``: by a ``submit_many`` sender, whose submits wait while it reads: one attempt,
+        no retries with their backoff (a failed read is read again at the next interval).
+        """
+        transport = self._transport
+        reading = self._reading
+        job_id = job.id
+        try:
+            if self.tel.on:
+                read = await self._traced_read(transport, job_id)
+            else:
+                status, raw = await transport.read(job_path(job_id), job_id=job_id, retry=not lent)
+                self.reads += 1
+                read = read_job_state(raw, status, job_id)
+        except (NotFoundError, AuthenticationError) as exc:
+            log.warning("job %r: status read refused, tracking ends: %s", job_id, str(exc))
+            self.refuse(job, exc)
+            return
+        except LipsyncError as exc:
+            # A failed read is not a failed job: read again at the next interval.
+            # str(exc): a record kept by a handler must not keep the traceback (and the job).
+            # A sender's single attempt is a debug record: the transport would have retried
+            # it without a word.
+            log.log(
+                logging.DEBUG if lent else logging.WARNING,
+                "job %r: status read failed, will retry: %s",
+                job_id,
+                str(exc),
+            )
+        except asyncio.CancelledError:
+            # A sender cancelled mid-read (its submit_many was closed): the job is due again
+            # at once, for a reader. (A reader is cancelled only by close(), which ended it.)
+            if job._slot is reading and not self._closed:
+                self._schedule_at(job, self.loop.time())
+            raise
+        except Exception:
+            # A bug must not strand the job (it would stay "being read" forever) nor kill
+            # the reader with an exception nobody retrieves.
+            log.exception("job %r: unexpected error during a status read", job_id)
+        else:
+            if job._slot is reading:  # not finished (or rescheduled) while we read
+                if isinstance(read, JobState):  # final
+                    self._apply(job, read, VIA_READ)
+                else:
+                    job._keep(*read)
+        if job._slot is reading:  # still pending, and not rescheduled meanwhile
+            self._schedule_in(job, self.poll_interval)
 
     async def _traced_read(
         self, transport: Transport, job_id: str

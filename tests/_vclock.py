@@ -114,8 +114,10 @@ class ScriptedService:
             )
         return state
 
-    async def read(self, path: str, *, job_id: str | None = None) -> tuple[int, bytes]:
-        """The tracker's one call: ``GET jobs/{id}``."""
+    async def read(
+        self, path: str, *, job_id: str | None = None, retry: bool = True
+    ) -> tuple[int, bytes]:
+        """The tracker's one call: ``GET jobs/{id}`` (one attempt, ``retry`` or not)."""
         assert job_id is not None and path == f"jobs/{job_id}"
         self.in_flight += 1
         self.max_seen = max(self.max_seen, self.in_flight)

@@ -2,7 +2,9 @@
 
 Hypothesis drives the tracker (submits, attaches, deliveries early / duplicated / lost / for
 unknown ids / not final, status reads ok / 5xx / 404 / 401 / buggy / slow / out of order,
-``cancel()``, ``wait(timeout=)``, ``as_completed`` broken early, ``close()``) on a virtual clock
+``cancel()``, ``wait(timeout=)``, ``as_completed`` broken early, ``close()``, and ``submit_many``'s
+senders lent to the tracker: reading due jobs between submits fast, slow or stuck, cancelled
+mid-read) on a virtual clock
 (``tests/_vclock.py``), so hours of polling run in milliseconds and a wait that can never end
 raises instead of hanging. After every step:
 
@@ -82,6 +84,7 @@ class Lifecycle(RuleBasedStateMachine):
         self.ends: dict[Job, int] = {}
         self.waits: list[tuple[asyncio.Future[Any], float | None]] = []
         self.iterators: list[asyncio.Future[Any]] = []
+        self.senders: list[asyncio.Task[None]] = []
         self.closed = False
         self.count = 0
         self.slow = 0.0  # total scripted read delay queued: part of the end bound
@@ -213,6 +216,36 @@ class Lifecycle(RuleBasedStateMachine):
         self.iterators.append(asyncio.ensure_future(consume(), loop=self.loop))
         self.settle()
 
+    @rule(submit=st.sampled_from([0.005, 0.05, 1e9]))
+    def sender_starts(self, submit: float) -> None:
+        """A ``submit_many`` sender: submits of ``submit`` s each (1e9: stuck in one), and
+        after each, up to two reads of due jobs, as ``_client.submit_many`` does."""
+        tracker = self.tracker
+
+        async def sender() -> None:
+            tracker.lend()
+            try:
+                while True:
+                    await asyncio.sleep(submit)
+                    for _ in range(2):
+                        read = tracker.read_due()
+                        if read is None:
+                            break
+                        await read
+            finally:
+                tracker.unlend()
+
+        self.senders.append(asyncio.ensure_future(sender(), loop=self.loop))
+        self.settle()
+
+    @rule(data=st.data())
+    def sender_cancelled(self, data: st.DataObject) -> None:
+        """Its ``submit_many`` closed: cancelled wherever it is, mid-read included."""
+        if self.senders:
+            task = self.senders.pop(data.draw(st.integers(0, len(self.senders) - 1)))
+            task.cancel()
+            self.settle()
+
     @precondition(lambda self: not self.closed)
     @rule()
     def close(self) -> None:
@@ -268,7 +301,7 @@ class Lifecycle(RuleBasedStateMachine):
         for task, _ in self.waits:
             if task.done() and not task.cancelled():
                 task.exception()
-        for task in self.iterators:
+        for task in self.iterators + self.senders:
             if not task.done():
                 task.cancel()
         self.run(asyncio.sleep(0))
@@ -280,6 +313,7 @@ class Lifecycle(RuleBasedStateMachine):
         self.ends.clear()
         self.waits.clear()
         self.iterators.clear()
+        self.senders.clear()
 
     def _every_job_ends_and_is_released(self) -> None:
         for job_id in list(self.service.truth):

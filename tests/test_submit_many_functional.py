@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine, Iterator
 from pathlib import Path
+from typing import Any
+
+from aiohttp import web
 
 from lipsync_async import (
     ClientClosedError,
     InsufficientCreditsError,
     Job,
+    JobStatus,
     LipsyncClient,
     LipsyncError,
     LipsyncImageRequest,
@@ -19,6 +24,7 @@ from lipsync_async import (
 )
 from lipsync_async.testing import FakeLipsyncServer
 
+from ._rawserver import RawServer
 from .conftest import AUDIO, IMAGE, ClientFactory
 
 SENDER = "lipsync-submit-many"
@@ -127,3 +133,174 @@ async def test_a_closed_client_is_reported_per_item(make_client: ClientFactory) 
     assert len(outcomes) == 64
     assert any(isinstance(o, ClientClosedError) for o in outcomes)
     assert not senders()
+
+
+# -- the senders read the jobs that come due while they submit (issue 18) ------------------------
+
+
+def _sdk_tasks() -> tuple[list[str], contextlib.AbstractContextManager[None]]:
+    """Names of the coroutines of the tasks the SDK starts while the context is entered (a
+    task factory: asyncio's public hook; aiohttp's own tasks are not counted)."""
+    started: list[str] = []
+    loop = asyncio.get_running_loop()
+
+    def factory(
+        loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, Any], **kwargs: Any
+    ) -> asyncio.Task[Any]:
+        code = getattr(coro, "cr_code", None)
+        if code is not None and "lipsync_async" in code.co_filename:
+            started.append(code.co_name)
+        return asyncio.Task(coro, loop=loop, **kwargs)
+
+    @contextlib.contextmanager
+    def counting() -> Iterator[None]:
+        loop.set_task_factory(factory)  # type: ignore[arg-type]  # kwargs: 3.12+ passes context
+        try:
+            yield
+        finally:
+            loop.set_task_factory(None)
+
+    return started, counting()
+
+
+def _job_json(job_id: str, status: str) -> dict[str, object]:
+    return {"id": job_id, "model": "lipsync", "status": status, "output": None, "error": "",
+            "executionTime": None, "timings": None}  # fmt: skip
+
+
+async def test_the_senders_read_what_comes_due_instead_of_a_task_per_read() -> None:
+    """Jobs that come due while submits go on are read by the senders between two submits
+    (a submit, then a read, as POST + GET pairs go): the fan-out starts few tasks besides its
+    senders, where a reader task per read made about one per job and kept the collector's
+    young generation filling ~8x as often (benchmarks/HISTORY.md). Every job resolves."""
+    n = 200
+    posts = 0
+
+    async def answer(request: web.Request) -> web.Response:
+        nonlocal posts
+        if request.method == "POST":
+            # Submits of 5 ms, 2 at a time: 8 jobs come due per 20 ms tick, and the senders
+            # can take 2 after each submit, 16 per tick.
+            posts += 1
+            job_id = f"job-{posts}"
+            await asyncio.sleep(0.005)
+            return web.json_response({"id": job_id, "status": "processing"})
+        return web.json_response(_job_json(request.match_info["tail"].rsplit("/", 1)[1],
+                                           "completed"))  # fmt: skip
+
+    async with RawServer(answer) as srv:
+        async with LipsyncClient("sk_x", base_url=srv.base_url, poll_interval=0.01) as client:
+            started, counting = _sdk_tasks()
+            with counting:
+                requests = (LipsyncImageRequest(image=IMAGE, audio=AUDIO) for _ in range(n))
+                jobs = [j async for j in client.submit_many(requests, concurrency=2)]
+                async for _ in client.as_completed(jobs, timeout=30.0):  # type: ignore[arg-type]
+                    pass
+            reads = client.stats["status_reads"]
+    assert all(isinstance(j, Job) for j in jobs)
+    assert reads == n
+    others = len(started) - 2  # besides the 2 senders: readers (for the last jobs, due after)
+    print(f"{others} reader tasks for {n} jobs")
+    assert others <= n // 4, f"{others} tasks for {n} jobs: {collections.Counter(started)}"
+
+
+async def test_a_due_job_is_read_while_every_sender_is_stuck_in_a_slow_submit() -> None:
+    """The senders take due jobs only between submits; while all of them wait on submits that
+    do not answer, a backstop starts readers within a few ticks: an awaited job resolves on
+    time, not when the slow submits end."""
+    release = asyncio.Event()
+    posts = 0
+
+    async def answer(request: web.Request) -> web.Response:
+        nonlocal posts
+        if request.method == "POST":
+            posts += 1
+            if posts > 2:
+                await release.wait()
+            return web.json_response({"id": f"job-{posts}", "status": "processing"})
+        return web.json_response(_job_json(request.match_info["tail"].rsplit("/", 1)[1],
+                                           "completed"))  # fmt: skip
+
+    async with RawServer(answer) as srv:
+        async with LipsyncClient("sk_x", base_url=srv.base_url, poll_interval=0.05) as client:
+            requests = [LipsyncImageRequest(image=IMAGE, audio=AUDIO) for _ in range(4)]
+            async with contextlib.aclosing(client.submit_many(requests, concurrency=2)) as it:
+                first = await anext(it)
+                assert isinstance(first, Job)
+                async with asyncio.timeout(1.0):  # both senders hang in submits 3 and 4
+                    state = await first
+                assert state.status is JobStatus.COMPLETED
+                assert posts == 4
+                release.set()
+
+
+async def test_a_sender_cancelled_mid_read_leaves_its_job_to_the_readers() -> None:
+    """Breaking out of ``submit_many`` while a sender reads a due job cancels that read; the
+    job goes back to the calendar, due at once, and still resolves (it must not stay marked
+    as being read, which no reader would ever take again)."""
+    hang_first_read = asyncio.Event()
+    read_started = asyncio.Event()
+    reads: list[str] = []
+    posts = 0
+
+    async def answer(request: web.Request) -> web.Response:
+        nonlocal posts
+        if request.method == "POST":
+            # The senders come back every few ms: they take a job as soon as it is due, well
+            # before the backstop's readers would (two ticks, 40 ms, after it is due).
+            posts += 1
+            job_id = f"job-{posts}"
+            await asyncio.sleep(0.005)
+            return web.json_response({"id": job_id, "status": "processing"})
+        job_id = request.match_info["tail"].rsplit("/", 1)[1]
+        reads.append(job_id)
+        if len(reads) == 1:
+            read_started.set()
+            await hang_first_read.wait()
+        return web.json_response(_job_json(job_id, "completed"))
+
+    async with RawServer(answer) as srv:
+        async with LipsyncClient("sk_x", base_url=srv.base_url, poll_interval=0.01) as client:
+            requests = [LipsyncImageRequest(image=IMAGE, audio=AUDIO) for _ in range(50)]
+            jobs: list[Job] = []
+            # Two senders: while one is stuck in the read that hangs, the other submits, and
+            # its next outcome is when this loop breaks.
+            async with contextlib.aclosing(client.submit_many(requests, concurrency=2)) as it:
+                async for outcome in it:
+                    assert isinstance(outcome, Job)
+                    jobs.append(outcome)
+                    if read_started.is_set():
+                        break
+            assert not senders()
+            hang_first_read.set()
+            async with asyncio.timeout(5.0):
+                states = await asyncio.gather(*jobs)
+    assert all(s.status is JobStatus.COMPLETED for s in states)
+    assert reads.count(reads[0]) == 2  # the sender's read, cancelled; then a reader's
+
+
+async def test_a_failing_status_read_does_not_hold_up_the_senders_submits() -> None:
+    """A sender's read of a due job is one attempt: while every status read fails with a
+    503, the submits still go on at their own pace (the transport's retries, with their
+    backoff of up to 30 s, would hold each sender); the failed job is read again later."""
+    posts = 0
+
+    async def answer(request: web.Request) -> web.Response:
+        nonlocal posts
+        if request.method == "POST":
+            posts += 1
+            job_id = f"job-{posts}"
+            await asyncio.sleep(0.005)
+            return web.json_response({"id": job_id, "status": "processing"})
+        return web.json_response({"error": "busy"}, status=503)
+
+    async with RawServer(answer) as srv:
+        async with LipsyncClient(
+            "sk_x", base_url=srv.base_url, poll_interval=0.01, backoff_base=5.0, backoff_max=30.0
+        ) as client:
+            requests = [LipsyncImageRequest(image=IMAGE, audio=AUDIO) for _ in range(60)]
+            async with asyncio.timeout(3.0):  # 60 submits of 5 ms, 2 at a time: ~0.2 s
+                jobs = [j async for j in client.submit_many(requests, concurrency=2)]
+            reads = [path for method, path in srv.hits if method == "GET"]
+    assert all(isinstance(j, Job) for j in jobs)
+    assert len(reads) > len(set(reads))  # the senders met failing reads, and read again
