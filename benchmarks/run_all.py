@@ -27,6 +27,7 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 BENCHMARKS = (
     ("fanout", "bench_fanout.py", 1500.0),
+    ("gc_shape", "bench_gc_shape.py", 900.0),
     ("requests", "bench_requests.py", 300.0),
     ("memory", "bench_memory.py", 1500.0),
     ("receiver", "bench_receiver.py", 600.0),

@@ -610,7 +610,12 @@ class LipsyncClient:
         ``concurrency`` sender tasks (a fixed pool, not one task per request) take requests
         from ``requests`` lazily (a generator of a million requests is never materialised),
         at most ``4 * concurrency`` ahead of the outcome the caller is reading; the transport's
-        ``max_in_flight`` still bounds requests on the wire, status reads included.
+        ``max_in_flight`` still bounds requests on the wire, status reads included. Between
+        two submits, a sender reads up to two jobs that are due (any of the client's, in one
+        attempt: a failed read is read again at the next interval), so a fan-out's reads
+        interleave with its submits instead of coming from reader tasks of their own; what
+        the senders leave (all of it while they wait for the caller) goes to reader tasks
+        within a tick or two.
 
         Leaving early (``break``, an exception in the loop body, cancellation) stops taking
         requests and cancels the submits in flight, as cancelling ``await client.submit()``
