@@ -181,10 +181,10 @@ async def main(sizes: list[tuple[int, int]]) -> None:
             got, runs = await measure(emu, n, rounds)
             rows += got
             data[str(n)] = runs
-    rounds = ", ".join(f"{r} at {n:,}" for n, r in sizes)
+    per_size = ", ".join(f"{r} at {n:,}" for n, r in sizes)
     text = table(
         f"Collections in a fan-out of zero-length jobs, by who reads (medians of rounds: "
-        f"{rounds}; load average {load:.2f} before, {os.getloadavg()[0]:.2f} after; server: "
+        f"{per_size}; load average {load:.2f} before, {os.getloadavg()[0]:.2f} after; server: "
         "the emulator in a separate process)",
         ["N", "shape", "collections", "collector CPU us/job", "client CPU us/job", "vs raw pairs"],
         rows,
