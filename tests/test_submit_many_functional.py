@@ -168,25 +168,37 @@ def _job_json(job_id: str, status: str) -> dict[str, object]:
             "executionTime": None, "timings": None}  # fmt: skip
 
 
+def _job_id(request: web.Request) -> str:
+    return request.match_info["tail"].rsplit("/", 1)[1]
+
+
+class _Submits:
+    """Answers submits as the service does, each after 5 ms, with ids job-1, job-2, ..."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    async def answer(self) -> web.Response:
+        self.count += 1
+        job_id = f"job-{self.count}"
+        await asyncio.sleep(0.005)
+        return web.json_response({"id": job_id, "status": "processing"})
+
+
 async def test_the_senders_read_what_comes_due_instead_of_a_task_per_read() -> None:
     """Jobs that come due while submits go on are read by the senders between two submits
     (a submit, then a read, as POST + GET pairs go): the fan-out starts few tasks besides its
     senders, where a reader task per read made about one per job and kept the collector's
     young generation filling ~8x as often (benchmarks/HISTORY.md). Every job resolves."""
     n = 200
-    posts = 0
+    submits = _Submits()
 
     async def answer(request: web.Request) -> web.Response:
-        nonlocal posts
         if request.method == "POST":
             # Submits of 5 ms, 2 at a time: 8 jobs come due per 20 ms tick, and the senders
             # can take 2 after each submit, 16 per tick.
-            posts += 1
-            job_id = f"job-{posts}"
-            await asyncio.sleep(0.005)
-            return web.json_response({"id": job_id, "status": "processing"})
-        return web.json_response(_job_json(request.match_info["tail"].rsplit("/", 1)[1],
-                                           "completed"))  # fmt: skip
+            return await submits.answer()
+        return web.json_response(_job_json(_job_id(request), "completed"))
 
     async with RawServer(answer) as srv:
         async with LipsyncClient("sk_x", base_url=srv.base_url, poll_interval=0.01) as client:
@@ -218,8 +230,7 @@ async def test_a_due_job_is_read_while_every_sender_is_stuck_in_a_slow_submit() 
             if posts > 2:
                 await release.wait()
             return web.json_response({"id": f"job-{posts}", "status": "processing"})
-        return web.json_response(_job_json(request.match_info["tail"].rsplit("/", 1)[1],
-                                           "completed"))  # fmt: skip
+        return web.json_response(_job_json(_job_id(request), "completed"))
 
     async with RawServer(answer) as srv:
         async with LipsyncClient("sk_x", base_url=srv.base_url, poll_interval=0.05) as client:
@@ -241,18 +252,14 @@ async def test_a_sender_cancelled_mid_read_leaves_its_job_to_the_readers() -> No
     hang_first_read = asyncio.Event()
     read_started = asyncio.Event()
     reads: list[str] = []
-    posts = 0
+    submits = _Submits()
 
     async def answer(request: web.Request) -> web.Response:
-        nonlocal posts
         if request.method == "POST":
             # The senders come back every few ms: they take a job as soon as it is due, well
             # before the backstop's readers would (two ticks, 40 ms, after it is due).
-            posts += 1
-            job_id = f"job-{posts}"
-            await asyncio.sleep(0.005)
-            return web.json_response({"id": job_id, "status": "processing"})
-        job_id = request.match_info["tail"].rsplit("/", 1)[1]
+            return await submits.answer()
+        job_id = _job_id(request)
         reads.append(job_id)
         if len(reads) == 1:
             read_started.set()
@@ -283,15 +290,11 @@ async def test_a_failing_status_read_does_not_hold_up_the_senders_submits() -> N
     """A sender's read of a due job is one attempt: while every status read fails with a
     503, the submits still go on at their own pace (the transport's retries, with their
     backoff of up to 30 s, would hold each sender); the failed job is read again later."""
-    posts = 0
+    submits = _Submits()
 
     async def answer(request: web.Request) -> web.Response:
-        nonlocal posts
         if request.method == "POST":
-            posts += 1
-            job_id = f"job-{posts}"
-            await asyncio.sleep(0.005)
-            return web.json_response({"id": job_id, "status": "processing"})
+            return await submits.answer()
         return web.json_response({"error": "busy"}, status=503)
 
     async with RawServer(answer) as srv:
