@@ -32,6 +32,7 @@ from lipsync_async import (
     JobStatus,
     JobTimeoutError,
     LipsyncClient,
+    LipsyncImageRequest,
     NotFoundError,
     WebhookReceiver,
 )
@@ -564,6 +565,29 @@ def test_one_id_attached_while_submitted_is_one_job_that_ends(vloop: VirtualLoop
                 states = await asyncio.gather(*waits)
             assert [s.status for s in states] == [JobStatus.COMPLETED] * 2
             assert client.stats["pending"] == 0
+
+    run(vloop, scenario)
+
+
+def test_after_submit_many_a_due_job_is_read_at_its_tick(vloop: VirtualLoop) -> None:
+    """Once every ``submit_many`` sender has ended (two runs of several senders here), none
+    is still counted as one that will read due jobs: a job awaited is read within the 20 ms
+    tick it is due in, as before any ``submit_many``, not after the backstop's two ticks
+    that cover for senders that are busy."""
+
+    async def scenario() -> None:
+        async with served() as (fake, client):
+            for concurrency in (3, 2):
+                requests = [LipsyncImageRequest(image=IMAGE, audio=AUDIO) for _ in range(5)]
+                outcomes = [o async for o in client.submit_many(requests, concurrency=concurrency)]
+                assert all(isinstance(o, Job) for o in outcomes)
+            loop = asyncio.get_running_loop()
+            before, start = reads(fake), loop.time()
+            with pytest.raises(NotFoundError):
+                async with asyncio.timeout(1):
+                    await client.job("job-from-elsewhere")
+            assert reads(fake) == before + 1
+            assert loop.time() - start <= 0.025
 
     run(vloop, scenario)
 

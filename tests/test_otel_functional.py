@@ -18,7 +18,12 @@ from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from lipsync_async import LipsyncClient, SubmissionUncertainError, WebhookReceiver
+from lipsync_async import (
+    LipsyncClient,
+    LipsyncImageRequest,
+    SubmissionUncertainError,
+    WebhookReceiver,
+)
 from lipsync_async._telemetry import NOOP
 from lipsync_async.stores import MemoryStore, RedisStore
 from lipsync_async.testing import FakeLipsyncServer
@@ -527,6 +532,36 @@ async def test_the_applications_span_is_not_current_in_what_the_tracker_schedule
     assert otel.total("lipsync.status_reads") >= 5
     tracked = {"lipsync.status_reads", "lipsync.jobs.resolved", "lipsync.job.duration"}
     assert not exemplified & tracked
+
+
+async def test_submit_many_inside_an_application_span_leaves_reads_to_the_tracker(
+    fake: FakeLipsyncServer, make_client: ClientFactory, otel: Otel
+) -> None:
+    """With telemetry on, ``submit_many``'s senders do not read the jobs that come due
+    between their submits (without telemetry they do): a sender runs in the context of the
+    task that iterates, so its reads would be measured inside the application's span. The
+    reads stay with the tracker's reader tasks, in contexts of their own."""
+    fake.job_duration = 0.0
+    client: LipsyncClient = await make_client(poll_interval=0.01, **otel.kwargs)
+    tracer = otel.tracer_provider.get_tracer("the-application")
+    with tracer.start_as_current_span("a batch") as app:
+        requests = (LipsyncImageRequest(image=IMAGE, audio=AUDIO) for _ in range(150))
+        jobs = [j async for j in client.submit_many(requests, concurrency=1)]
+    await asyncio.gather(*(job.wait(5) for job in jobs))  # type: ignore[union-attr]
+    app_span = app.get_span_context().span_id
+    data = otel.reader.get_metrics_data()
+    assert data is not None
+    exemplars = [
+        exemplar.span_id
+        for resource in data.resource_metrics
+        for scope in resource.scope_metrics
+        for metric in scope.metrics
+        if metric.name == "lipsync.status_reads"
+        for point in metric.data.data_points
+        for exemplar in getattr(point, "exemplars", None) or ()
+    ]
+    assert otel.total("lipsync.status_reads") >= 150
+    assert app_span not in exemplars
 
 
 async def test_the_pending_gauge_counts_every_client_of_a_meter_provider(
