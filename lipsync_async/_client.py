@@ -402,14 +402,23 @@ class LipsyncClient:
 
     @property
     def stats(self) -> Mapping[str, int]:
-        """Counters: requests sent, retries, 429s seen, status reads, jobs pending."""
+        """Counters and gauges, a fresh dict per call.
+
+        ``requests`` sent, ``retries``, ``rate_limited`` (429s seen), ``status_reads``;
+        ``pending`` jobs; ``held_deliveries`` and ``held_bytes``: deliveries (or a store's
+        outcomes) for job ids this client does not track yet, kept for a while in case their
+        submit's answer is still on its way (bounded in count and bytes; see the README).
+        """
         t = self._transport
+        held, held_bytes = self._tracker.held
         return {
             "requests": t.requests_sent,
             "retries": t.retries,
             "rate_limited": t.rate_limited,
             "status_reads": self._tracker.reads,
             "pending": self._tracker.pending,
+            "held_deliveries": held,
+            "held_bytes": held_bytes,
         }
 
     @property

@@ -286,6 +286,11 @@ class Tracker:
         """How many jobs are tracked and not finished."""
         return len(self._jobs)
 
+    @property
+    def held(self) -> tuple[int, int]:
+        """Deliveries held for ids not (yet) tracked, and their bytes (the early buffer)."""
+        return len(self._early), self._early_bytes
+
     def get(self, job_id: str) -> Job | None:
         return self._jobs.get(job_id)
 

@@ -57,7 +57,7 @@ import logging
 import os
 import re
 import secrets
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any, Final, Protocol, Self
 
 from aiohttp import ClientPayloadError, web
@@ -328,6 +328,20 @@ class WebhookReceiver:
         """Connections closed at accept because the cap was reached (a figure for tests)."""
         gate = self._site.gate if self._site is not None else None
         return gate.refused if gate is not None else 0
+
+    @property
+    def stats(self) -> Mapping[str, int]:
+        """Gauges, a fresh dict per call: ``served_files`` (local files served to the service
+        now, each until its job ends plus ``file_grace``), ``tokens`` (correlation tokens held:
+        one per submit in flight, and one per submit whose answer was lost until a delivery
+        or the store settles it; none per tracked job), ``connections`` open now and
+        ``refused`` at accept so far."""
+        return {
+            "served_files": len(self._files),
+            "tokens": len(self._tokens),
+            "connections": self.connections,
+            "refused": self.refused,
+        }
 
     def _note_api(self, base_url: URL) -> None:
         """The client's API root: a loopback receiver URL is useless to a remote API."""

@@ -517,10 +517,9 @@ async def test_early_buffer_is_bounded_in_bytes(
     """Regression: deliveries for unknown ids were held as parsed JobStates, bounded only by
     count (10,000): anyone with the secret could park 10,000 x 64 KiB bodies whose free-form
     `timings` parse into objects tens of times their size (gigabytes). Now held as compact
-    JSON under a byte budget, oldest first out; a held delivery still resolves its job."""
+    JSON under a byte budget (oldest first out past it: `test_job_lifecycle`'s
+    `..._held_early_...` test); a held delivery still resolves its job."""
     client = await make_client(webhook=WebhookReceiver(), webhook_grace=600)
-    tracker = client._tracker
-    tracker._early_max_bytes = 1024 * 1024  # the default is 16 MiB; same rule, smaller numbers
     receiver = client.webhook
     timings: list[dict[str, Any]] = [{}] * 15_000  # 60 KB sent, ~1 MB once parsed
     gc.collect()
@@ -536,9 +535,11 @@ async def test_early_buffer_is_bounded_in_bytes(
         held = tracemalloc.get_traced_memory()[0] - before
     finally:
         tracemalloc.stop()
-    assert tracker._early_bytes <= tracker._early_max_bytes
-    assert held < 3 * 1024 * 1024  # 60 parsed copies would be ~80 MB
-    assert len(tracker._early) < 60 and "unknown-59" in tracker._early
+    stats = client.stats
+    assert stats["held_deliveries"] == 60
+    compact = len(json.dumps(timings, separators=(",", ":")))  # 45 KB: what each one holds
+    assert 60 * compact <= stats["held_bytes"] <= 60 * (compact + 1_000)
+    assert held < stats["held_bytes"] + 1024 * 1024  # 60 parsed copies would be ~80 MB
     late = client.job("unknown-59")  # its submit answer "arrives" now
     state = await late.wait(timeout=1)
     assert state.status is JobStatus.COMPLETED and state.timings == timings

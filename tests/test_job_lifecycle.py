@@ -1049,6 +1049,9 @@ def test_early_deliveries_are_held_within_their_byte_bound_newest_kept(
 
                 for i in range(300):
                     await post(final(f"early-{i:03d}") | {"timings": {"pad": pad}})
+                held = client.stats
+                assert 16 * 1024 * 1024 - 61_000 < held["held_bytes"] <= 16 * 1024 * 1024
+                assert held["held_deliveries"] < 300
                 assert not client.job("early-000").done()  # the oldest went
                 assert not client.job("early-002").done()
                 assert all(client.job(f"early-{i:03d}").done() for i in range(40, 300))

@@ -232,11 +232,12 @@ async def test_files_expire_after_the_job_ends_plus_grace(
     job = await client.lipsync_image(image=media["image"][0], audio=media["audio"][0])
     url = fake.jobs[job.id].form_state["image"]
     assert (await _get(http, url))[0] == 200  # running
+    assert receiver.stats["served_files"] == 2  # the image and the audio
     await job.wait(5)
     assert (await _get(http, url))[0] == 200  # ended, within the grace
     await asyncio.sleep(0.5)
     assert (await _get(http, url))[0] == 404
-    assert len(receiver._files) == 0
+    assert receiver.stats["served_files"] == 0
 
 
 async def test_cancelled_job_and_grace_zero_expire_at_once(
@@ -267,7 +268,7 @@ async def test_refused_submit_unregisters_its_files(
     with pytest.raises(AuthenticationError):
         await client.lipsync_image(image=media["image"][0], audio=media["audio"][0])
     assert fake.requests["POST /lipsync-image"] == 1
-    assert len(receiver._files) == 0
+    assert receiver.stats["served_files"] == 0
 
 
 async def test_uncertain_submit_keeps_its_files_for_the_grace(
@@ -332,7 +333,7 @@ async def test_missing_or_vanished_file_names_the_field(
         await client.submit(request)
     assert info.value.field == "audio"
     assert sum(fake.requests.values()) == 0
-    assert len(receiver._files) == 0  # the image registered first is gone too
+    assert receiver.stats["served_files"] == 0  # the image registered first is gone too
 
 
 async def test_large_sparse_file_streams_without_loading_it(
