@@ -54,13 +54,11 @@ def on_complete(job: Job) -> None:
     emit("complete", id=job.id)
 
 
-def store_stats(client: LipsyncClient) -> dict[str, Any]:
-    link = client._store_link
-    store = link.store if link is not None else None
+def store_stats(client: LipsyncClient, store: RedisStore) -> dict[str, Any]:
     return {
         "reads": client.stats["status_reads"],
-        "announced": getattr(store, "announced", 0),
-        "routed": getattr(store, "routed", 0),
+        "announced": store.announced,
+        "routed": store.routed,
     }
 
 
@@ -87,7 +85,7 @@ async def submit(client: LipsyncClient, count: int, rate: float) -> None:
     emit("submitted", ids=[j.id for j in jobs], store_errors=len(store_errors), why=store_errors)
 
 
-async def commands(client: LipsyncClient) -> None:
+async def commands(client: LipsyncClient, store: RedisStore) -> None:
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader()
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
@@ -104,7 +102,7 @@ async def commands(client: LipsyncClient) -> None:
                 job.add_done_callback(on_done)
             emit("resumed", ids=[j.id for j in jobs], done=[j.id for j in jobs if j.done()])
         elif cmd["cmd"] == "stats":
-            emit("stats", **store_stats(client))
+            emit("stats", **store_stats(client, store))
         elif cmd["cmd"] == "stop":
             break
     await asyncio.gather(*tasks)
@@ -139,8 +137,8 @@ async def main(args: argparse.Namespace) -> None:
     async with asyncio.timeout(args.max_seconds):
         async with client:
             emit("ready")
-            await commands(client)
-            stats = store_stats(client)
+            await commands(client, store)
+            stats = store_stats(client, store)
         emit("closed", **stats)
 
 

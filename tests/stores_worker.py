@@ -41,7 +41,7 @@ def make_store(spec: str, prefix: str, worker: str | None = None, lease: float =
     return RedisStore(spec, prefix=prefix, worker=worker, lease=lease)
 
 
-async def settle(client: LipsyncClient, jobs: list[Job], timeout: float) -> None:
+async def settle(client: LipsyncClient, store: Store, jobs: list[Job], timeout: float) -> None:
     resolved: list[str] = []
     failed: list[str] = []
     async with asyncio.timeout(timeout):
@@ -51,7 +51,6 @@ async def settle(client: LipsyncClient, jobs: list[Job], timeout: float) -> None
                 resolved.append(state.id)
             except JobFailed as exc:
                 failed.append(exc.state.id)
-    store = client._store_link.store if client._store_link is not None else None
     emit(
         "resolved",
         ids=resolved,
@@ -108,18 +107,17 @@ async def main(args: argparse.Namespace) -> None:
         else:
             jobs = await client.pending()
             emit("resumed", ids=[j.id for j in jobs], done=[j.id for j in jobs if j.done()])
-        await settle(client, jobs, args.timeout)
+        await settle(client, store, jobs, args.timeout)
         if args.linger:  # keep the receiver up for the other worker's deliveries
             # ...and keep reporting what this worker announced: the other worker's deliveries
             # may still be landing here after this worker's own jobs resolved.
-            link_store = client._store_link.store if client._store_link is not None else None
             loop = asyncio.get_running_loop()
             until = loop.time() + args.linger
             while loop.time() < until:
                 emit(
                     "stats",
-                    announced=getattr(link_store, "announced", 0),
-                    routed=getattr(link_store, "routed", 0),
+                    announced=getattr(store, "announced", 0),
+                    routed=getattr(store, "routed", 0),
                 )
                 await asyncio.sleep(0.1)
 

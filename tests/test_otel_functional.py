@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
@@ -290,13 +291,13 @@ async def test_refused_deliveries_and_submits_are_counted_without_secrets(
     client: LipsyncClient = await make_client(webhook=receiver, **otel.kwargs)
     job = await client.lipsync_image(image=IMAGE, audio=AUDIO)
     state = await job.wait(5)
-    session = client._transport.session
     base = receiver.url.removesuffix(SECRET)
     body = json.dumps(state.to_wire())
-    async with session.post(receiver.url, data=body) as resp:  # the same delivery again
-        assert resp.status == 200
-    async with session.post(base + "wrong-secret-0123456789", data=body) as resp:
-        assert resp.status == 404
+    async with aiohttp.ClientSession() as session:
+        async with session.post(receiver.url, data=body) as resp:  # the same delivery again
+            assert resp.status == 200
+        async with session.post(base + "wrong-secret-0123456789", data=body) as resp:
+            assert resp.status == 404
     fake.set_credits(fake.api_key, 0)
     with pytest.raises(Exception, match=r"402|credit"):
         await client.lipsync_image(image=IMAGE, audio=AUDIO)

@@ -327,7 +327,7 @@ async def soak(
                         # on its way: bounded by count and bytes (see test_fuzz's bound test),
                         # but a 3-round soak only ever sees it fill. Its size is reported, then
                         # it is emptied so the memory figure shows everything else.
-                        fig.early_held.append(len(client._tracker._early))
+                        fig.early_held.append(client.stats["held_deliveries"])
                         client._tracker._early.clear()
                         gc.collect()
                         live, connections = _live()
