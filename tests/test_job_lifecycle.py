@@ -1059,6 +1059,99 @@ def test_early_deliveries_are_held_within_their_byte_bound_newest_kept(
     run(vloop, scenario)
 
 
+def _final(job_id: str, pad: str = "") -> dict[str, Any]:
+    """A final state as the service delivers it; ``pad`` sizes it (free-form ``timings``)."""
+    body: dict[str, Any] = {"id": job_id, "status": "completed", "output": "https://o.example/x"}
+    return body | {"timings": {"pad": pad}} if pad else body
+
+
+@contextlib.asynccontextmanager
+async def _poster(receiver: WebhookReceiver) -> AsyncIterator[Callable[[dict[str, Any]], Any]]:
+    """POST deliveries to ``receiver`` over one keep-alive connection; each must be taken."""
+    async with aiohttp.ClientSession() as http:
+
+        async def post(body: dict[str, Any]) -> None:
+            async with http.post(receiver.url, json=body) as answer:
+                assert answer.status == 200
+
+        yield post
+
+
+def test_early_deliveries_are_held_for_300_seconds(vloop: VirtualLoop) -> None:
+    """A delivery for an id not tracked yet is held 300 s (virtual clock): its job, tracked
+    299 s later, ends with it at once; one tracked 301 s later does not (it is polled), and
+    a delivery arriving after the 300 s pushes the expired one out of the buffer."""
+
+    async def scenario() -> None:
+        receiver = WebhookReceiver()
+        async with served(webhook=receiver) as (_, client), _poster(receiver) as post:
+            await post(_final("held-a"))
+            await post(_final("held-b"))
+            await asyncio.sleep(299)
+            assert client.stats["held_deliveries"] == 2
+            a = client.job("held-a")
+            assert a.done() and a.result().status is JobStatus.COMPLETED
+            await asyncio.sleep(2)  # 301 s after "held-b" came
+            b = client.job("held-b")
+            assert not b.done()  # expired: not taken from the buffer
+            b.cancel()
+            await post(_final("held-c"))
+            await post(_final("held-d"))
+            await asyncio.sleep(301)
+            await post(_final("held-e"))  # "held-c" and "held-d" expired: both pushed out
+            assert client.stats["held_deliveries"] == 1
+            assert not client.job("held-c").done() and not client.job("held-d").done()
+
+    run(vloop, scenario)
+
+
+def test_early_deliveries_fill_their_byte_bound_exactly(vloop: VirtualLoop) -> None:
+    """Held deliveries take up to 16 MiB, to the byte: 256 of exactly 64 KiB all stay (their
+    bytes are the bound), the 257th pushes out the oldest one only; `held_bytes` counts them."""
+    bound = 16 * 1024 * 1024
+
+    async def scenario() -> None:
+        receiver = WebhookReceiver(max_body=1024 * 1024)
+        async with served(webhook=receiver) as (_, client), _poster(receiver) as post:
+            # The held size of one delivery (compact JSON), to pad it to 64 KiB exactly.
+            await post(_final("size-000", "x" * 60_000))
+            size = client.stats["held_bytes"]
+            pad = "x" * (60_000 + 65_536 - size)
+            assert client.job("size-000").done() and client.stats["held_bytes"] == 0
+            for i in range(256):
+                await post(_final(f"full-{i:03d}", pad))
+            assert client.stats["held_bytes"] == bound
+            assert client.stats["held_deliveries"] == 256
+            await post(_final("full-256", pad))
+            assert client.stats["held_bytes"] == bound
+            assert client.stats["held_deliveries"] == 256
+            assert not client.job("full-000").done()  # the oldest, and only it, went
+            assert all(client.job(f"full-{i:03d}").done() for i in range(1, 257))
+            assert client.stats["held_bytes"] == 0
+
+    run(vloop, scenario)
+
+
+def test_early_deliveries_are_at_most_10000(vloop: VirtualLoop) -> None:
+    """At most 10,000 deliveries are held, however small: the 10,001st pushes out the oldest;
+    a delivery repeated for a held id replaces its copy (counted once, kept as the newest)."""
+
+    async def scenario() -> None:
+        receiver = WebhookReceiver()
+        async with served(webhook=receiver) as (_, client), _poster(receiver) as post:
+            for i in range(10_000):
+                await post(_final(f"n-{i:05d}"))
+            await post(_final("n-00000"))  # again: now the newest
+            assert client.stats["held_deliveries"] == 10_000
+            await post(_final("n-10000"))
+            assert client.stats["held_deliveries"] == 10_000
+            assert client.job("n-00000").done()  # renewed, so not the oldest any more
+            assert not client.job("n-00001").done()  # the oldest went
+            assert client.job("n-00002").done() and client.job("n-10000").done()
+
+    run(vloop, scenario)
+
+
 def test_a_refused_read_does_not_strand_the_jobs_queued_behind_it(vloop: VirtualLoop) -> None:
     """With one read at a time, a job whose read is refused (404: tracking ends) must not stop
     the reading: the job queued behind it in the same tick is read next and ends."""
