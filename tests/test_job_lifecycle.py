@@ -1085,8 +1085,11 @@ def test_early_deliveries_are_held_for_300_seconds(vloop: VirtualLoop) -> None:
     async def scenario() -> None:
         receiver = WebhookReceiver()
         async with served(webhook=receiver) as (_, client), _poster(receiver) as post:
-            await post(_final("held-a"))
+            await post(_final("held-a", "x" * 100))  # not the size of the other
             await post(_final("held-b"))
+            two = client.stats["held_bytes"]
+            await post(_final("held-b"))  # delivered again: replaces its copy
+            assert client.stats["held_deliveries"] == 2 and client.stats["held_bytes"] == two
             await asyncio.sleep(299)
             assert client.stats["held_deliveries"] == 2
             a = client.job("held-a")
