@@ -427,8 +427,10 @@ async def iter_completed(
 ) -> AsyncGenerator[Job, None]:
     """Yield each job as it ends, first ended first (``LipsyncClient.as_completed``).
 
-    One shared callback for all the jobs, removed from every job when the iteration stops,
-    early (``break``) or not: nothing of the iterator stays behind on a job.
+    The jobs already ended come first, in the order given, without a callback each (after a
+    fan-out, most are); then the others as they end. One shared callback for those, removed
+    from every job when the iteration stops, early (``break``) or not: nothing of the iterator
+    stays behind on a job. A timeout concerns the jobs still pending: ended ones are yielded.
     """
     unique = list(dict.fromkeys(jobs))
     if not unique:
@@ -437,11 +439,15 @@ async def iter_completed(
     deadline = None if timeout is None else loop.time() + timeout
     ready: asyncio.Queue[Job] = asyncio.Queue()
     put = ready.put_nowait
+    ended = [job for job in unique if job.done()]
     for job in unique:
-        job.add_done_callback(put)
-        job._tracker.awaited(job)
+        if not job.done():
+            job.add_done_callback(put)
+            job._tracker.awaited(job)
     try:
-        for _ in range(len(unique)):
+        for job in ended:
+            yield job
+        for _ in range(len(unique) - len(ended)):
             if deadline is None:
                 job = await ready.get()
             else:

@@ -695,6 +695,35 @@ def test_removed_callbacks_are_never_called(
     assert [r.getMessage() for r in caplog.records] == []
 
 
+def test_as_completed_yields_the_jobs_already_ended_first_even_at_timeout_zero(
+    vloop: VirtualLoop,
+) -> None:
+    """Jobs that ended before the iteration come first, in the order given, deadline or not
+    (a timeout concerns the jobs still pending: here it raises after them); the others follow
+    as they end."""
+
+    async def scenario() -> None:
+        async with served() as (fake, client):
+            a, b, c = [await client.lipsync_image(image=IMAGE, audio=AUDIO) for _ in range(3)]
+            for job in (c, a):
+                fake.complete_job(job.id)
+            async with asyncio.timeout(60):
+                await asyncio.gather(a, c)
+            seen: list[Job] = []
+
+            async def take() -> None:
+                async for job in client.as_completed([a, b, c], timeout=0):
+                    seen.append(job)  # noqa: PERF401 - kept as they come: it raises after them
+
+            with pytest.raises(JobTimeoutError):
+                await take()
+            assert seen == [a, c] and not b.done()
+            fake.complete_job(b.id)
+            assert [job async for job in client.as_completed([b, c, a], timeout=60)] == [c, a, b]
+
+    run(vloop, scenario)
+
+
 def test_as_completed_stopped_early_leaves_nothing_on_the_jobs(vloop: VirtualLoop) -> None:
     """as_completed removes its callback from every job when the iteration stops (here by its
     deadline) with jobs left: a job that ends afterwards is not held (by the iterator's queue,
