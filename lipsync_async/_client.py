@@ -882,8 +882,10 @@ class LipsyncClient:
     ) -> AsyncIterator[Job]:
         """Yield each job as it finishes (completed, failed, or ended), first done first.
 
-        With ``timeout``, raises :class:`JobTimeoutError` once that many seconds have passed
-        and jobs remain; those jobs stay tracked.
+        Jobs already finished when the iteration starts come first, in the order given. With
+        ``timeout``, raises :class:`JobTimeoutError` once that many seconds have passed and
+        jobs remain (after yielding the finished ones, even at ``timeout=0``); those jobs stay
+        tracked.
         """
         self._check_open()
         if timeout is not None:
