@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator, Coroutine, Iterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 from aiohttp import web
 
 from lipsync_async import (
@@ -21,6 +22,7 @@ from lipsync_async import (
     LipsyncImageRequest,
     Request,
     ValidationError,
+    WebhookReceiver,
 )
 from lipsync_async.testing import FakeLipsyncServer
 
@@ -284,6 +286,53 @@ async def test_a_sender_cancelled_mid_read_leaves_its_job_to_the_readers() -> No
                 states = await asyncio.gather(*jobs)
     assert all(s.status is JobStatus.COMPLETED for s in states)
     assert reads.count(reads[0]) == 2  # the sender's read, cancelled; then a reader's
+
+
+async def test_a_job_delivered_while_a_cancelled_sender_read_it_stays_ended() -> None:
+    """A job whose delivery comes while a sender is reading it, the sender then cancelled (the
+    caller broke out of ``submit_many``): the job stays completed, with the delivered state,
+    and is not read again (putting it back in the calendar would make an ended job pending)."""
+    hang_first_read = asyncio.Event()
+    read_started = asyncio.Event()
+    reads: list[str] = []
+    submits = _Submits()
+
+    async def answer(request: web.Request) -> web.Response:
+        if request.method == "POST":
+            return await submits.answer()
+        job_id = _job_id(request)
+        reads.append(job_id)
+        if len(reads) == 1:
+            read_started.set()
+            await hang_first_read.wait()
+        return web.json_response(_job_json(job_id, "processing"))
+
+    receiver = WebhookReceiver()
+    async with RawServer(answer) as srv:
+        async with LipsyncClient(
+            "sk_x", base_url=srv.base_url, webhook=receiver, webhook_grace=0.01, poll_interval=60
+        ) as client:
+            requests = [LipsyncImageRequest(image=IMAGE, audio=AUDIO) for _ in range(50)]
+            jobs: list[Job] = []
+            async with contextlib.aclosing(client.submit_many(requests, concurrency=2)) as it:
+                async for outcome in it:
+                    assert isinstance(outcome, Job)
+                    jobs.append(outcome)
+                    if read_started.is_set():
+                        first = client.job(reads[0])
+                        delivered = _job_json(first.id, "completed") | {"output": "https://o/x"}
+                        async with (
+                            aiohttp.ClientSession() as http,
+                            http.post(receiver.url, json=delivered) as posted,
+                        ):
+                            assert posted.status == 200
+                        assert first.done()
+                        break
+            assert not senders()
+            hang_first_read.set()
+            await asyncio.sleep(0.2)  # a read of it, if it were put back, would come now
+            assert first.done() and first.result().output == "https://o/x"
+            assert reads.count(first.id) == 1
 
 
 async def test_a_failing_status_read_does_not_hold_up_the_senders_submits() -> None:
