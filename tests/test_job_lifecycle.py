@@ -13,6 +13,7 @@ import contextlib
 import gc
 import json
 import logging
+import random
 import traceback
 import weakref
 from collections import deque
@@ -590,6 +591,73 @@ def test_after_submit_many_a_due_job_is_read_at_its_tick(vloop: VirtualLoop) -> 
             assert loop.time() - start <= 0.025
 
     run(vloop, scenario)
+
+
+def test_a_webhook_jobs_first_read_comes_within_its_jittered_grace(vloop: VirtualLoop) -> None:
+    """A job submitted with a receiver is first read after `webhook_grace` lengthened by its
+    jitter (at most a fifth), rounded up to a grain of grace/1024 (0.59 s for 600 s) so that
+    many jobs share few timers: never before the grace, and never past 720 s plus one grain
+    and one 20 ms tick. 500 jobs spread over the whole jitter (seeded), both ends are seen."""
+    grain = 600 / 1024
+
+    async def scenario() -> None:
+        receiver = WebhookReceiver()
+        async with served(webhook=receiver, webhook_grace=600.0, poll_interval=1000.0) as (
+            fake,
+            client,
+        ):
+            random.seed(20261128)
+            start = asyncio.get_running_loop().time()
+            jobs = [await client.lipsync_image(image=IMAGE, audio=AUDIO) for _ in range(500)]
+            assert asyncio.get_running_loop().time() - start < 0.02  # submits take no time here
+            await asyncio.sleep(600 - 0.001)
+            assert reads(fake) == 0  # nothing before the grace
+            await asyncio.sleep(600 * 0.2 + grain + 0.02 + 0.002)
+            assert reads(fake) == 500  # each once, by 720 s + a grain + a tick
+            assert not any(job.done() for job in jobs)
+
+    run(vloop, scenario)
+
+
+@pytest.mark.parametrize("webhook", [False, True])
+async def test_a_job_attached_before_its_submit_answer_is_the_job_submitted(webhook: bool) -> None:
+    """`client.job(id)` called while that id's submit is still in flight (ids are predictable
+    here, as a store's or a delivery's may bring one early) is the Job the submit returns:
+    one handle, polled from the answer on without being awaited, ending once; sent with a
+    receiver, it waits the webhook grace for its delivery first, as any submitted job."""
+    release = asyncio.Event()
+    reads_of: list[str] = []
+
+    async def answer(request: web.Request) -> web.Response:
+        if request.method == "POST":
+            await release.wait()
+            return web.json_response({"id": "job-1", "status": "processing"})
+        reads_of.append(request.path.rsplit("/", 1)[1])
+        return web.json_response({"id": "job-1", "status": "completed", "output": "https://o/x"})
+
+    async with RawServer(answer) as srv:
+        async with LipsyncClient(
+            "sk_x",
+            base_url=srv.base_url,
+            poll_interval=0.05,
+            webhook=WebhookReceiver() if webhook else None,
+            webhook_grace=60.0,
+        ) as client:
+            submit = asyncio.ensure_future(client.lipsync_image(image=IMAGE, audio=AUDIO))
+            try:
+                await until(lambda: bool(srv.hits), what="the submit sent")
+                early = client.job("job-1")
+                assert not early.done()
+            finally:
+                release.set()
+                job = await submit
+            assert job is early and client.stats["pending"] == 1
+            if webhook:
+                await asyncio.sleep(0.3)  # six poll intervals, well inside the grace
+                assert reads_of == [] and not job.done()
+                return
+            await until(job.done, what="the job polled without anyone awaiting it")
+            assert job.result().output == "https://o/x" and reads_of == ["job-1"]
 
 
 def test_an_attached_job_is_read_only_once_awaited(vloop: VirtualLoop) -> None:
