@@ -247,28 +247,37 @@ async def test_a_due_job_is_read_while_every_sender_is_stuck_in_a_slow_submit() 
                 release.set()
 
 
+class _FirstReadHangs:
+    """A service whose submits answer as `_Submits` does and whose first status read hangs
+    until `release` is set (`started` is set when it begins); every read answers `status`."""
+
+    def __init__(self, status: str) -> None:
+        self.status = status
+        self.started = asyncio.Event()
+        self.release = asyncio.Event()
+        self.reads: list[str] = []
+        self._submits = _Submits()
+
+    async def answer(self, request: web.Request) -> web.Response:
+        if request.method == "POST":
+            # The senders come back every few ms: they take a job as soon as it is due, well
+            # before the backstop's readers would (two ticks, 40 ms, after it is due).
+            return await self._submits.answer()
+        job_id = _job_id(request)
+        self.reads.append(job_id)
+        if len(self.reads) == 1:
+            self.started.set()
+            await self.release.wait()
+        return web.json_response(_job_json(job_id, self.status))
+
+
 async def test_a_sender_cancelled_mid_read_leaves_its_job_to_the_readers() -> None:
     """Breaking out of ``submit_many`` while a sender reads a due job cancels that read; the
     job goes back to the calendar, due at once, and still resolves (it must not stay marked
     as being read, which no reader would ever take again)."""
-    hang_first_read = asyncio.Event()
-    read_started = asyncio.Event()
-    reads: list[str] = []
-    submits = _Submits()
-
-    async def answer(request: web.Request) -> web.Response:
-        if request.method == "POST":
-            # The senders come back every few ms: they take a job as soon as it is due, well
-            # before the backstop's readers would (two ticks, 40 ms, after it is due).
-            return await submits.answer()
-        job_id = _job_id(request)
-        reads.append(job_id)
-        if len(reads) == 1:
-            read_started.set()
-            await hang_first_read.wait()
-        return web.json_response(_job_json(job_id, "completed"))
-
-    async with RawServer(answer) as srv:
+    service = _FirstReadHangs("completed")
+    reads = service.reads
+    async with RawServer(service.answer) as srv:
         async with LipsyncClient("sk_x", base_url=srv.base_url, poll_interval=0.01) as client:
             requests = [LipsyncImageRequest(image=IMAGE, audio=AUDIO) for _ in range(50)]
             jobs: list[Job] = []
@@ -278,10 +287,10 @@ async def test_a_sender_cancelled_mid_read_leaves_its_job_to_the_readers() -> No
                 async for outcome in it:
                     assert isinstance(outcome, Job)
                     jobs.append(outcome)
-                    if read_started.is_set():
+                    if service.started.is_set():
                         break
             assert not senders()
-            hang_first_read.set()
+            service.release.set()
             async with asyncio.timeout(5.0):
                 states = await asyncio.gather(*jobs)
     assert all(s.status is JobStatus.COMPLETED for s in states)
@@ -292,23 +301,10 @@ async def test_a_job_delivered_while_a_cancelled_sender_read_it_stays_ended() ->
     """A job whose delivery comes while a sender is reading it, the sender then cancelled (the
     caller broke out of ``submit_many``): the job stays completed, with the delivered state,
     and is not read again (putting it back in the calendar would make an ended job pending)."""
-    hang_first_read = asyncio.Event()
-    read_started = asyncio.Event()
-    reads: list[str] = []
-    submits = _Submits()
-
-    async def answer(request: web.Request) -> web.Response:
-        if request.method == "POST":
-            return await submits.answer()
-        job_id = _job_id(request)
-        reads.append(job_id)
-        if len(reads) == 1:
-            read_started.set()
-            await hang_first_read.wait()
-        return web.json_response(_job_json(job_id, "processing"))
-
+    service = _FirstReadHangs("processing")
+    reads = service.reads
     receiver = WebhookReceiver()
-    async with RawServer(answer) as srv:
+    async with RawServer(service.answer) as srv:
         async with LipsyncClient(
             "sk_x", base_url=srv.base_url, webhook=receiver, webhook_grace=0.01, poll_interval=60
         ) as client:
@@ -318,7 +314,7 @@ async def test_a_job_delivered_while_a_cancelled_sender_read_it_stays_ended() ->
                 async for outcome in it:
                     assert isinstance(outcome, Job)
                     jobs.append(outcome)
-                    if read_started.is_set():
+                    if service.started.is_set():
                         first = client.job(reads[0])
                         delivered = _job_json(first.id, "completed") | {"output": "https://o/x"}
                         async with (
@@ -329,7 +325,7 @@ async def test_a_job_delivered_while_a_cancelled_sender_read_it_stays_ended() ->
                         assert first.done()
                         break
             assert not senders()
-            hang_first_read.set()
+            service.release.set()
             await asyncio.sleep(0.2)  # a read of it, if it were put back, would come now
             assert first.done() and first.result().output == "https://o/x"
             assert reads.count(first.id) == 1
