@@ -439,9 +439,11 @@ async def iter_completed(
     deadline = None if timeout is None else loop.time() + timeout
     ready: asyncio.Queue[Job] = asyncio.Queue()
     put = ready.put_nowait
-    ended = [job for job in unique if job.done()]
+    ended: list[Job] = []
     for job in unique:
-        if not job.done():
+        if job.done():
+            ended.append(job)
+        else:
             job.add_done_callback(put)
             job._tracker.awaited(job)
     try:
