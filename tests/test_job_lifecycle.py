@@ -1310,3 +1310,33 @@ def test_waits_that_time_out_leave_nothing_on_the_job(vloop: VirtualLoop) -> Non
                 assert (await job).status is JobStatus.COMPLETED
 
     run(vloop, scenario)
+
+
+def test_awaiters_closed_without_cancelling_leave_nothing_on_the_job(vloop: VirtualLoop) -> None:
+    """An awaiting coroutine can also end by being closed, not cancelled (a task collected
+    while pending, a framework closing the coroutines it drives): its awaiter leaves the job
+    too. A job awaited a thousand times that way holds no more than before, and still ends."""
+
+    async def scenario() -> None:
+        async with served() as (fake, client):
+            job = await client.lipsync_image(image=IMAGE, audio=AUDIO)
+
+            def await_then_close() -> None:
+                awaiting = job.wait()
+                assert not isinstance(awaiting.send(None), JobState)  # suspended on the job
+                awaiting.close()
+
+            for _ in range(5):
+                await_then_close()
+            gc.collect()
+            before = len(gc.get_objects())
+            for _ in range(1000):
+                await_then_close()
+            gc.collect()
+            grown = len(gc.get_objects()) - before
+            assert grown < 100, f"{grown} more objects after 1,000 closed awaiters"
+            fake.complete_job(job.id)
+            async with asyncio.timeout(60):
+                assert (await job).status is JobStatus.COMPLETED
+
+    run(vloop, scenario)

@@ -27,6 +27,7 @@ from lipsync_async import (
 from lipsync_async.testing import FakeLipsyncServer
 
 from ._rawserver import RawServer
+from ._vclock import VirtualLoop, run
 from .conftest import AUDIO, IMAGE, ClientFactory
 
 SENDER = "lipsync-submit-many"
@@ -352,3 +353,44 @@ async def test_a_failing_status_read_does_not_hold_up_the_senders_submits() -> N
             reads = [path for method, path in srv.hits if method == "GET"]
     assert all(isinstance(j, Job) for j in jobs)
     assert len(reads) > len(set(reads))  # the senders met failing reads, and read again
+
+
+def test_jobs_the_last_sender_left_queued_get_readers_at_the_backstops_next_look(
+    vloop: VirtualLoop,
+) -> None:
+    """A bucket that falls due while a ``submit_many`` sender is busy waits for the senders,
+    with a backstop looking every 20 ms tick. When the last sender ends within that tick,
+    having read only two of the three due jobs, the backstop's next look starts a reader for
+    the third at once (no sender is left to take it), not one look later."""
+    seen: dict[str, float] = {}
+    answered: list[float] = []
+    posts = 0
+
+    async def answer(request: web.Request) -> web.Response:
+        nonlocal posts
+        loop = asyncio.get_running_loop()
+        if request.method == "POST":
+            posts += 1
+            if posts == 4:  # the last submit is slow: jobs 1-3 fall due while it is sent
+                await asyncio.sleep(0.07)
+                answered.append(loop.time())
+            return web.json_response({"id": f"job-{posts}", "status": "processing"})
+        job_id = request.path.rsplit("/", 1)[1]
+        seen.setdefault(job_id, loop.time())
+        return web.json_response(_job_json(job_id, "completed"))
+
+    async def scenario() -> None:
+        async with RawServer(answer) as srv:
+            async with LipsyncClient("sk_x", base_url=srv.base_url, poll_interval=0.05) as client:
+                requests = [LipsyncImageRequest(image=IMAGE, audio=AUDIO) for _ in range(4)]
+                jobs = [o async for o in client.submit_many(requests, concurrency=1)]
+                async with asyncio.timeout(1):
+                    states = await asyncio.gather(*jobs)  # type: ignore[arg-type]
+        assert [s.status for s in states] == [JobStatus.COMPLETED] * 4
+        # The sender read two due jobs after its last submit, then ended; the third was read
+        # by a reader the backstop started at its next look, within one tick.
+        times = sorted(seen[j] for j in ("job-1", "job-2", "job-3"))
+        assert times[1] - answered[0] < 0.001, seen  # two read by the sender, at once
+        assert times[2] - answered[0] <= 0.02 + 0.001, seen  # one look later, not two
+
+    run(vloop, scenario)
