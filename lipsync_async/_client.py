@@ -631,8 +631,12 @@ class LipsyncClient:
         does (one already sent may have created a job; the client tracks it if its answer
         came). The sender tasks end when the iterator is closed: at once with
         ``contextlib.aclosing(client.submit_many(...))``, else when the event loop finalises
-        the abandoned iterator (the next loop turns). An exception raised by ``requests``
-        itself is raised here, after the submits in flight are cancelled.
+        the abandoned iterator (the next loop turns).
+
+        An exception raised by ``requests`` itself (a generator building a request model
+        with a bad field raises ``ValidationError`` there) is raised here at its position:
+        the requests taken before it are submitted to the end and their outcomes come first,
+        so no job created is left without a handle; nothing after it is taken.
         """
         if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
             raise ValidationError("concurrency", f"must be an integer >= 1, got {concurrency!r}")
@@ -643,7 +647,8 @@ class LipsyncClient:
         source = _Source(requests)
         # Shared counters in a list: [next index to take, next index to yield, senders alive].
         pos = [0, 0, concurrency]
-        failure: list[BaseException] = []
+        failure: list[BaseException] = []  # a sender's own crash: raised at once
+        broken: list[tuple[int, Exception]] = []  # where `requests` raised, and what
         tracker = self._tracker
         wake: list[asyncio.Future[None] | None] = [None]  # the reader, parked for pos[1]
         room: list[asyncio.Future[None] | None] = [None]  # senders, parked for the window
@@ -668,9 +673,16 @@ class LipsyncClient:
                         await fut
                         tracker.lend()
                         lent = True
+                    if broken:  # `requests` raised: nothing after it is taken
+                        return
                     # A plain iterable is read with no coroutine per item.
                     it = source.plain
-                    request = next(it, _END) if it is not None else await source.next()
+                    try:
+                        request = next(it, _END) if it is not None else await source.next()
+                    except Exception as exc:  # raised to the caller after the outcomes before it
+                        if not broken:
+                            broken.append((pos[0], exc))
+                        return
                     if request is _END:
                         return
                     index = pos[0]
@@ -720,6 +732,8 @@ class LipsyncClient:
                     continue
                 if failure:
                     raise failure[0]
+                if broken and index == broken[0][0]:
+                    raise broken[0][1]
                 if pos[2] == 0:  # every sender returned: nothing left to take
                     return
                 fut = wake[0] = loop.create_future()

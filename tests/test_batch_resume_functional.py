@@ -51,7 +51,7 @@ async def test_shift_reorder_and_edit_lines_between_runs(
     _write(src, second)
     r = await cli("batch", str(src), "--out", str(out), "-c", "4", *FAST, fake=fake)
     assert r.code == 0, r.err
-    assert "resuming: 9 line(s) already in" in r.err  # p0..p9 but p5
+    assert "resuming: 9 line(s) already finished in" in r.err  # p0..p9 but p5
     assert "1 line(s) changed since the earlier run" in r.err
     assert "lines 7 (was line 6)" in r.err
     assert "1 line(s) repeat a request" in r.err and "lines 12" in r.err
@@ -61,7 +61,7 @@ async def test_shift_reorder_and_edit_lines_between_runs(
     # A third run of the same file sends nothing; every line has exactly one result.
     r = await cli("batch", str(src), "--out", str(out), "-c", "4", *FAST, fake=fake)
     assert r.code == 0, r.err
-    assert f"resuming: {len(second)} line(s) already in" in r.err
+    assert f"resuming: {len(second)} line(s) already finished in" in r.err
     assert len(fake.jobs) == 13
     by_digest: dict[str, int] = {}
     for record in read_results(out):

@@ -331,7 +331,7 @@ async def test_batch_progress_in_a_log_and_resume_says_what_it_reattached(
     out.write_text("\n".join(done) + "\n")
     r = await cli("batch", str(requests), "--out", str(out), *FAST, fake=fake)
     assert r.code == 0, r.err
-    assert "resuming: 9 line(s) already in" in r.err
+    assert "resuming: 9 line(s) already finished in" in r.err
     assert "re-attaching 3 job(s)" in r.err and "lines 10, 11, 12" in r.err
     assert "(3 this run" in r.err
     assert len(fake.jobs) == 12  # nothing submitted twice

@@ -162,11 +162,14 @@ async def test_local_file_without_public_url_is_a_usage_error(
     fake: FakeLipsyncServer, tmp_path: Path
 ) -> None:
     """A media flag naming a local file needs --public-url (the service must fetch it): exit 2
-    with a message that says so, before any request."""
+    with one line that names the flag and says so (no note that the command goes on, as it
+    does with --public-url), before any request."""
     face = tmp_path / "face.png"
     face.write_bytes(b"\x89PNG fake")
     r = await cli("image", "--image", str(face), "--audio", AUDIO, fake=fake)
-    assert r.code == 2 and "--public-url" in r.err
+    assert r.code == 2
+    assert r.err.startswith("error: --image: ") and "--public-url" in r.err, r.err
+    assert r.err.count("\n") == 1, r.err
     assert not fake.jobs
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 from aiohttp import web
 
 from lipsync_async import (
@@ -86,6 +87,39 @@ async def test_refused_submits_are_reported_per_item() -> None:
             outcomes = [o async for o in c.submit_many(requests(), concurrency=1)]
     assert [type(o) for o in outcomes[:3]] == [Job, Job, Job]
     assert all(isinstance(o, InsufficientCreditsError) for o in outcomes[3:])
+
+
+@pytest.mark.parametrize("source", ["generator", "async generator"])
+async def test_an_error_of_the_requests_iterable_comes_after_every_request_taken(
+    fake: FakeLipsyncServer, make_client: ClientFactory, source: str
+) -> None:
+    """A request model validates when it is built: a generator that builds a bad one raises
+    there. Every request taken before it still gets its outcome, in order (the submits in
+    flight finish: each job they created is handed over, none is left unseen and paid for),
+    then the error is raised at its position, and nothing after it is taken."""
+    client: LipsyncClient = await make_client()
+
+    def build(i: int) -> Request:
+        return LipsyncImageRequest(image=IMAGE, audio=AUDIO if i < 20 else "ftp://x", seed=i)
+
+    async def agen() -> AsyncIterator[Request]:
+        for i in range(40):
+            yield build(i)
+
+    requests = (build(i) for i in range(40)) if source == "generator" else agen()
+    outcomes: list[Job | LipsyncError] = []
+
+    async def take_all() -> None:
+        async for outcome in client.submit_many(requests, concurrency=8):
+            outcomes.append(outcome)  # noqa: PERF401 - what came before the raise is kept
+
+    with pytest.raises(ValidationError, match="audio"):
+        await take_all()
+    jobs = [o for o in outcomes if isinstance(o, Job)]
+    assert len(jobs) == len(outcomes)
+    assert [fake.jobs[job.id].form_state["seed"] for job in jobs] == list(range(20))
+    assert len(fake.jobs) == 20  # every job created was handed over
+    assert not senders()
 
 
 async def test_early_break_leaves_no_task(make_client: ClientFactory) -> None:

@@ -166,8 +166,8 @@ def batch(
         )
     if state.finished:
         click.echo(
-            f"resuming: {state.finished} line(s) already in {out} (the same request '"
-            "finished), skipped",
+            f"resuming: {state.finished} line(s) already finished in {out} (the same "
+            "request), skipped",
             err=True,
         )
     attached = [item.line for item in state.work if item.job_id is not None]

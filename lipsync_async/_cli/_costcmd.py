@@ -20,7 +20,11 @@ __all__ = ["cost"]
 
 @click.command()
 @click.option("--resolution", type=click.Choice(RESOLUTIONS), help="[default: 480p]")
-@click.option("--seconds", type=float, help="The audio's length (one speaker).")
+@click.option(
+    "--seconds",
+    type=float,
+    help="The audio's length (one speaker). Required, or both --left-seconds and --right-seconds.",
+)
 @click.option("--left-seconds", type=float, help="Left audio's length (two speakers).")
 @click.option("--right-seconds", type=float, help="Right audio's length (two speakers).")
 @click.option("--order", type=click.Choice(ORDERS), help="Two speakers. [default: meanwhile]")

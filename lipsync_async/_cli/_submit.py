@@ -153,7 +153,16 @@ def _submit(
     if dry_run:
         _dry_run(request, as_json=as_json, **lengths)
         return
-    if local_files(request) and not wait:
+    local = local_files(request)
+    if local and not opts.public_url:
+        fail(
+            f"--{local[0].replace('_', '-')}: is a local file: serving it needs --public-url "
+            "(an address where the service can fetch it, such as a tunnel to --listen-port); "
+            "or upload it and pass its URL",
+            EXIT_USAGE,
+            opts,
+        )
+    if local and not wait:
         # The files are served by this process: it must stay up until the job is done.
         click.echo("note: local files are served from this process, so --wait is on", err=True)
         wait = True
