@@ -128,3 +128,33 @@ async def test_a_callback_raising_cancelled_error_is_a_failed_callback(
         await second.wait(5)
         await until(lambda: len(calls) == 2, what="the second callback")
         assert await store.claim(first.id, "someone else") == CLAIM_DONE
+
+
+async def test_a_job_seen_ending_again_while_its_callback_runs_is_not_completed_twice(
+    fake: FakeLipsyncServer,
+) -> None:
+    """A job attached again by id (``client.job``) after it ended, while its ``on_complete``
+    still runs, ends a second time in this process: that second ending is dropped, not
+    claimed again (this process's own claim would be handed back to it, and the callback
+    would run twice)."""
+    ran: list[str] = []
+    release = asyncio.Event()
+
+    async def slow(job: Job) -> None:
+        ran.append(job.id)
+        await release.wait()
+
+    async with LipsyncClient(
+        fake.api_key, base_url=fake.base_url, poll_interval=0.05, on_complete=slow
+    ) as client:
+        job = await client.lipsync_image(image=IMAGE, audio=AUDIO)
+        await job.wait(5)
+        await until(lambda: len(ran) == 1, what="the first callback")
+        again = client.job(job.id)
+        assert again is not job  # the first one ended and was let go
+        assert (await again.wait(5)).status is JobStatus.COMPLETED
+        await asyncio.sleep(0.2)  # time for a second callback to start, if one were queued
+        assert ran == [job.id]
+        release.set()
+        await until(lambda: client.stats["pending"] == 0, what="both ended")
+    assert ran == [job.id]
