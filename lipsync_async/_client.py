@@ -648,7 +648,7 @@ class LipsyncClient:
         # Shared counters in a list: [next index to take, next index to yield, senders alive].
         pos = [0, 0, concurrency]
         failure: list[BaseException] = []  # a sender's own crash: raised at once
-        broken: list[tuple[int, Exception]] = []  # where `requests` raised, and what
+        broken: list[tuple[int, BaseException]] = []  # where `requests` raised, and what
         tracker = self._tracker
         wake: list[asyncio.Future[None] | None] = [None]  # the reader, parked for pos[1]
         room: list[asyncio.Future[None] | None] = [None]  # senders, parked for the window
@@ -679,7 +679,11 @@ class LipsyncClient:
                     it = source.plain
                     try:
                         request = next(it, _END) if it is not None else await source.next()
-                    except Exception as exc:  # raised to the caller after the outcomes before it
+                    except (Exception, asyncio.CancelledError) as exc:
+                        task = asyncio.current_task()
+                        if isinstance(exc, asyncio.CancelledError) and task and task.cancelling():
+                            raise  # this sender is cancelled, not `requests` failing
+                        # Raised to the caller after the outcomes of the requests before it.
                         if not broken:
                             broken.append((pos[0], exc))
                         return
@@ -1001,3 +1005,8 @@ class _Source:
             except StopAsyncIteration:
                 self._aiter = None
                 return _END
+            except BaseException:
+                # Raised once (submit_many raises it at its position); never asked again,
+                # though an iterator that is not a generator might go on.
+                self._aiter = None
+                raise

@@ -1323,7 +1323,8 @@ def test_awaiters_closed_without_cancelling_leave_nothing_on_the_job(vloop: Virt
 
             def await_then_close() -> None:
                 awaiting = job.wait()
-                assert not isinstance(awaiting.send(None), JobState)  # suspended on the job
+                waits_on = awaiting.send(None)  # suspended: on a future the job's end sets
+                assert isinstance(waits_on, asyncio.Future) and not waits_on.done()
                 awaiting.close()
 
             for _ in range(5):

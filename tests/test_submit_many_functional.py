@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-from collections.abc import AsyncIterator, Coroutine, Iterator
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Coroutine, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -89,36 +89,97 @@ async def test_refused_submits_are_reported_per_item() -> None:
     assert all(isinstance(o, InsufficientCreditsError) for o in outcomes[3:])
 
 
-@pytest.mark.parametrize("source", ["generator", "async generator"])
+class _GoesOnAfterItsError:
+    """An async iterator of requests whose item ``bad`` raises and that would go on after
+    it (as a class-based ``__anext__`` may: a generator ends at its first raise); it counts
+    the items asked of it."""
+
+    def __init__(self, build: Callable[[int], Request], n: int) -> None:
+        self.build = build
+        self.n = n
+        self.asked = 0
+
+    def __aiter__(self) -> _GoesOnAfterItsError:
+        return self
+
+    async def __anext__(self) -> Request:
+        i = self.asked
+        self.asked += 1
+        if i >= self.n:
+            raise StopAsyncIteration
+        await asyncio.sleep(0)  # senders queue up behind the one asking
+        return self.build(i)
+
+
+@pytest.mark.parametrize("source", ["generator", "async generator", "async iterator"])
+@pytest.mark.parametrize("concurrency", [8, 2])
 async def test_an_error_of_the_requests_iterable_comes_after_every_request_taken(
-    fake: FakeLipsyncServer, make_client: ClientFactory, source: str
+    fake: FakeLipsyncServer, make_client: ClientFactory, source: str, concurrency: int
 ) -> None:
-    """A request model validates when it is built: a generator that builds a bad one raises
+    """A request model validates when it is built: an iterable that builds a bad one raises
     there. Every request taken before it still gets its outcome, in order (the submits in
     flight finish: each job they created is handed over, none is left unseen and paid for),
-    then the error is raised at its position, and nothing after it is taken."""
+    then the error is raised at its position, and nothing after it is taken, even from an
+    iterator that would go on. With 2 senders (a window of 8) and a caller slower than them,
+    senders wait for room as it happens."""
     client: LipsyncClient = await make_client()
 
     def build(i: int) -> Request:
-        return LipsyncImageRequest(image=IMAGE, audio=AUDIO if i < 20 else "ftp://x", seed=i)
+        return LipsyncImageRequest(image=IMAGE, audio=AUDIO if i != 20 else "ftp://x", seed=i)
 
     async def agen() -> AsyncIterator[Request]:
         for i in range(40):
             yield build(i)
 
-    requests = (build(i) for i in range(40)) if source == "generator" else agen()
+    goes_on = _GoesOnAfterItsError(build, 40)
+    requests: Iterable[Request] | AsyncIterable[Request] = goes_on
+    if source == "generator":
+        requests = (build(i) for i in range(40))
+    elif source == "async generator":
+        requests = agen()
     outcomes: list[Job | LipsyncError] = []
 
     async def take_all() -> None:
-        async for outcome in client.submit_many(requests, concurrency=8):
-            outcomes.append(outcome)  # noqa: PERF401 - what came before the raise is kept
+        async for outcome in client.submit_many(requests, concurrency=concurrency):
+            outcomes.append(outcome)
+            if concurrency == 2:
+                await asyncio.sleep(0.005)
 
     with pytest.raises(ValidationError, match="audio"):
         await take_all()
     jobs = [o for o in outcomes if isinstance(o, Job)]
     assert len(jobs) == len(outcomes)
     assert [fake.jobs[job.id].form_state["seed"] for job in jobs] == list(range(20))
-    assert len(fake.jobs) == 20  # every job created was handed over
+    assert len(fake.jobs) == 20  # every job created was handed over, none after the error
+    if source == "async iterator":
+        assert goes_on.asked == 21  # nothing asked after the error
+    assert not senders()
+
+
+async def test_a_cancelled_error_raised_by_the_requests_iterable_is_not_an_end(
+    make_client: ClientFactory,
+) -> None:
+    """An async iterable of requests that raises ``CancelledError`` itself (it awaited
+    something cancelled), while nobody cancels the iteration, has failed: the outcomes before
+    it come, then it is raised, never a quiet end of the iteration with requests left out."""
+    client: LipsyncClient = await make_client()
+
+    async def requests() -> AsyncIterator[Request]:
+        for i in range(10):
+            if i == 5:
+                raise asyncio.CancelledError
+            yield LipsyncImageRequest(image=IMAGE, audio=AUDIO, seed=i)
+
+    outcomes: list[Job | LipsyncError] = []
+
+    async def take_all() -> None:
+        async for outcome in client.submit_many(requests(), concurrency=4):
+            outcomes.append(outcome)  # noqa: PERF401 - what came before the raise is kept
+
+    task = asyncio.ensure_future(take_all())
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert len(outcomes) == 5 and all(isinstance(o, Job) for o in outcomes)
     assert not senders()
 
 
