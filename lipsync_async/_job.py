@@ -440,16 +440,18 @@ async def iter_completed(
     ready: asyncio.Queue[Job] = asyncio.Queue()
     put = ready.put_nowait
     ended: list[Job] = []
+    pending: list[Job] = []
     for job in unique:
         if job.done():
             ended.append(job)
         else:
+            pending.append(job)
             job.add_done_callback(put)
             job._tracker.awaited(job)
     try:
         for job in ended:
             yield job
-        for _ in range(len(unique) - len(ended)):
+        for _ in range(len(pending)):
             if deadline is None:
                 job = await ready.get()
             else:
@@ -460,7 +462,7 @@ async def iter_completed(
                     raise JobTimeoutError(None, timeout) from None
             yield job
     finally:
-        for job in unique:
+        for job in pending:  # the ended ones never had it
             job.remove_done_callback(put)
 
 

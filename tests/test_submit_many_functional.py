@@ -5,7 +5,15 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Coroutine, Iterable, Iterator
+from collections.abc import (
+    AsyncIterable,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Coroutine,
+    Iterable,
+    Iterator,
+)
 from pathlib import Path
 from typing import Any
 
@@ -366,6 +374,24 @@ class _FirstReadHangs:
             await self.release.wait()
         return web.json_response(_job_json(job_id, self.status))
 
+    async def submit_until_the_read_starts(
+        self, client: LipsyncClient, then: Callable[[], Awaitable[None]] | None = None
+    ) -> list[Job]:
+        """``submit_many`` of 50 on two senders: while one is stuck in the read that hangs,
+        the other submits, and its next outcome after the read began breaks the loop (after
+        ``then()``). The jobs taken so far."""
+        requests = [LipsyncImageRequest(image=IMAGE, audio=AUDIO) for _ in range(50)]
+        jobs: list[Job] = []
+        async with contextlib.aclosing(client.submit_many(requests, concurrency=2)) as it:
+            async for outcome in it:
+                assert isinstance(outcome, Job)
+                jobs.append(outcome)
+                if self.started.is_set():
+                    if then is not None:
+                        await then()
+                    break
+        return jobs
+
 
 async def test_a_sender_cancelled_mid_read_leaves_its_job_to_the_readers() -> None:
     """Breaking out of ``submit_many`` while a sender reads a due job cancels that read; the
@@ -375,16 +401,7 @@ async def test_a_sender_cancelled_mid_read_leaves_its_job_to_the_readers() -> No
     reads = service.reads
     async with RawServer(service.answer) as srv:
         async with LipsyncClient("sk_x", base_url=srv.base_url, poll_interval=0.01) as client:
-            requests = [LipsyncImageRequest(image=IMAGE, audio=AUDIO) for _ in range(50)]
-            jobs: list[Job] = []
-            # Two senders: while one is stuck in the read that hangs, the other submits, and
-            # its next outcome is when this loop breaks.
-            async with contextlib.aclosing(client.submit_many(requests, concurrency=2)) as it:
-                async for outcome in it:
-                    assert isinstance(outcome, Job)
-                    jobs.append(outcome)
-                    if service.started.is_set():
-                        break
+            jobs = await service.submit_until_the_read_starts(client)
             assert not senders()
             service.release.set()
             async with asyncio.timeout(5.0):
@@ -404,22 +421,21 @@ async def test_a_job_delivered_while_a_cancelled_sender_read_it_stays_ended() ->
         async with LipsyncClient(
             "sk_x", base_url=srv.base_url, webhook=receiver, webhook_grace=0.01, poll_interval=60
         ) as client:
-            requests = [LipsyncImageRequest(image=IMAGE, audio=AUDIO) for _ in range(50)]
-            jobs: list[Job] = []
-            async with contextlib.aclosing(client.submit_many(requests, concurrency=2)) as it:
-                async for outcome in it:
-                    assert isinstance(outcome, Job)
-                    jobs.append(outcome)
-                    if service.started.is_set():
-                        first = client.job(reads[0])
-                        delivered = _job_json(first.id, "completed") | {"output": "https://o/x"}
-                        async with (
-                            aiohttp.ClientSession() as http,
-                            http.post(receiver.url, json=delivered) as posted,
-                        ):
-                            assert posted.status == 200
-                        assert first.done()
-                        break
+            attached: list[Job] = []
+
+            async def deliver_the_job_being_read() -> None:
+                first = client.job(reads[0])
+                attached.append(first)
+                delivered = _job_json(first.id, "completed") | {"output": "https://o/x"}
+                async with (
+                    aiohttp.ClientSession() as http,
+                    http.post(receiver.url, json=delivered) as posted,
+                ):
+                    assert posted.status == 200
+                assert first.done()
+
+            await service.submit_until_the_read_starts(client, deliver_the_job_being_read)
+            [first] = attached
             assert not senders()
             service.release.set()
             await asyncio.sleep(0.2)  # a read of it, if it were put back, would come now
